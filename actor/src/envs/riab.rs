@@ -1,0 +1,95 @@
+//! The RatInABox family as one vectorised env: E agents in one arena, observed through one
+//! population of place cells.
+//!
+//! Rows follow the thesis recipe (`for t: Ag.update(); placecells.update()`): row t is the state
+//! *after* update t, the initial position is not a row, and the stream is one endless episode
+//! (FIRST, then MID). Whoever cuts the stream decides where a LAST goes.
+
+use common::rng::{self, StreamRng};
+
+use super::arena::Arena;
+use super::config::RiabConfig;
+use super::geometry::Vec2;
+use super::motion::{Agents, MotionParams};
+use super::place_cells::PlaceCells;
+use super::{Frame, StepType};
+
+pub struct RiabEnv {
+    arena: Arena,
+    cells: PlaceCells,
+    params: MotionParams,
+    agents: Agents,
+    rngs: Vec<StreamRng>,
+    /// Per-env OU noise of the rates, E × n (empty without noise).
+    noise: Vec<f64>,
+    /// One env's rates, reused every step.
+    scratch: Vec<f64>,
+    started: bool,
+}
+
+impl RiabEnv {
+    /// `num_envs` agents for actor `actor_id` of the experiment seeded `seed`. Env i draws from
+    /// the stream `(seed, "actor", actor_id, i)`; the cells from `(seed, "cells")`.
+    pub fn new(config: &RiabConfig, seed: u64, actor_id: u64, num_envs: usize) -> RiabEnv {
+        let arena = Arena::new(&config.arena);
+        let cells = PlaceCells::new(&config.cells, &arena, &mut rng::stream(seed, &["cells".into()]));
+        let params = MotionParams::from_config(config);
+        let mut rngs: Vec<StreamRng> = (0..num_envs)
+            .map(|i| rng::stream(seed, &["actor".into(), actor_id.into(), i.into()]))
+            .collect();
+        let agents = Agents::new(&arena, &params, &mut rngs);
+        let noise = if cells.has_noise() { vec![0.0; num_envs * cells.len()] } else { Vec::new() };
+        let scratch = vec![0.0; cells.len()];
+        RiabEnv { arena, cells, params, agents, rngs, noise, scratch, started: false }
+    }
+
+    pub fn num_envs(&self) -> usize {
+        self.agents.len()
+    }
+
+    pub fn obs_dim(&self) -> usize {
+        self.cells.len()
+    }
+
+    pub fn arena(&self) -> &Arena {
+        &self.arena
+    }
+
+    pub fn cells(&self) -> &PlaceCells {
+        &self.cells
+    }
+
+    pub fn agents(&self) -> &Agents {
+        &self.agents
+    }
+
+    pub fn params(&self) -> &MotionParams {
+        &self.params
+    }
+
+    /// Advances every agent one step (optionally under drift-velocity control) and writes the
+    /// rates, positions and step types of the new row into `frame`.
+    pub fn step(&mut self, frame: &mut Frame, drift: Option<&[Vec2]>) {
+        self.agents.step(&self.arena, &self.params, &mut self.rngs, drift);
+        let n = self.cells.len();
+        let step_type = if self.started { StepType::Mid } else { StepType::First };
+        self.started = true;
+        for e in 0..self.agents.len() {
+            let p = self.agents.pos[e];
+            self.cells.rates_at(&self.arena, p, &mut self.scratch);
+            if self.cells.has_noise() {
+                let noise = &mut self.noise[e * n..(e + 1) * n];
+                self.cells.step_noise(noise, self.params.dt, &mut self.rngs[e]);
+                for (r, x) in self.scratch.iter_mut().zip(noise.iter()) {
+                    *r += x;
+                }
+            }
+            for (o, r) in frame.observations[e * n..(e + 1) * n].iter_mut().zip(&self.scratch) {
+                *o = *r as f32;
+            }
+            frame.positions[2 * e] = p.x as f32;
+            frame.positions[2 * e + 1] = p.y as f32;
+            frame.step_types[e] = step_type;
+        }
+    }
+}

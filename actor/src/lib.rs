@@ -1,0 +1,10 @@
+//! The actor crate: simulators and, in later issues, the streaming actor.
+//!
+//! Layout:
+//! - [`envs`]: the simulators (pure domain code; no gRPC, no tokio);
+//! - [`simulate`]: runs an env offline and writes a NumPy `.npz` dataset (`actor simulate`).
+//!
+//! The `actor` binary (`src/main.rs`) is only the command line.
+
+pub mod envs;
+pub mod simulate;

@@ -1,0 +1,15 @@
+//! Pieces every role shares, and nothing role-specific.
+//!
+//! Layout:
+//! - [`config`]: the one TOML experiment schema's outer layer: sections, file loading, `--set
+//!   section.key=value` overrides and the merging of per-id defaults. Each crate deserialises the
+//!   sections it owns into its own typed structs.
+//! - [`rng`]: derivation of every RNG stream from (experiment seed, role, ids, purpose), so runs are
+//!   reproducible and no two actors replay the same trajectory.
+//! - [`npz`]: NumPy `.npy`/`.npz` writing and reading, the offline dataset format.
+//!
+//! Nothing here knows gRPC or tokio.
+
+pub mod config;
+pub mod npz;
+pub mod rng;
