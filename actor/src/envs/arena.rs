@@ -257,9 +257,11 @@ mod tests {
         assert!(cs[..49]
             .iter()
             .any(|g| (g.x - extra.x).abs() <= 0.225 * delta && (g.y - extra.y).abs() <= 0.225 * delta));
-        // Unjittered `uniform` is exactly the grid.
+        // Unjittered `uniform` is exactly the grid, x varying fastest: for n = 49, δ = 1/7.
         let u = a.sample_positions(49, CentreMethod::Uniform, &mut rng);
-        assert!((u[8].x - grid[1]).abs() < 1e-12 && (u[8].y - grid[1]).abs() < 1e-12);
+        assert_eq!(u.len(), 49);
+        let (x, y) = (1.0 / 14.0 + 2.0 / 7.0, 1.0 / 14.0 + 1.0 / 7.0);
+        assert!((u[9].x - x).abs() < 1e-12 && (u[9].y - y).abs() < 1e-12, "{:?}", u[9]);
     }
 
     #[test]
