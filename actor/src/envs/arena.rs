@@ -8,7 +8,7 @@
 use rand::Rng;
 
 use super::config::{ArenaConfig, BoundaryConditions, CentreMethod};
-use super::geometry::{polygon_area, polygon_contains_strictly, Segment, Vec2};
+use super::geometry::{polygon_contains_strictly, Segment, Vec2};
 
 #[derive(Debug, Clone)]
 pub struct Arena {
@@ -142,7 +142,7 @@ impl Arena {
 
     /// `n` positions by one of RatInABox's `sample_positions` methods.
     ///
-    /// `uniform` lays a grid of spacing δ = √(area/n): `linspace(x0+δ/2, x1−δ/2, int(W/δ))` on each
+    /// `uniform` lays a grid of spacing δ = √(bounding-box area/n): `linspace(x0+δ/2, x1−δ/2, int(W/δ))` on each
     /// axis, grid points outside a polygon dropped. `uniform_jitter` adds U(±0.45δ) to each
     /// coordinate. When the grid has fewer than n points, the rest are copies of grid points chosen
     /// with replacement, jittered by U(±0.45δ/2). For n = 50 in the unit box: a 7 × 7 grid plus one.
@@ -151,8 +151,8 @@ impl Arena {
             return (0..n).map(|_| self.sample_random(rng)).collect();
         }
         let [x0, x1, y0, y1] = self.extent;
-        let area = if self.rectangular { (x1 - x0) * (y1 - y0) } else { polygon_area(&self.boundary) };
-        let delta = (area / n as f64).sqrt();
+        // RatInABox uses the bounding box's area even for a polygon (`Environment.py:602`).
+        let delta = ((x1 - x0) * (y1 - y0) / n as f64).sqrt();
         let xs = linspace(x0 + delta / 2.0, x1 - delta / 2.0, ((x1 - x0) / delta) as usize);
         let ys = linspace(y0 + delta / 2.0, y1 - delta / 2.0, ((y1 - y0) / delta) as usize);
         // np.meshgrid(x, y).reshape(2, -1).T: x varies fastest.
@@ -161,7 +161,6 @@ impl Arena {
             .flat_map(|&y| xs.iter().map(move |&x| Vec2::new(x, y)))
             .filter(|&p| self.rectangular || self.contains(p))
             .collect();
-        grid.truncate(n);
         let jitter = |rng: &mut R, half: f64| rng.random_range(-half..half);
         if method == CentreMethod::UniformJitter {
             for p in &mut grid {

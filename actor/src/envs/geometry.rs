@@ -184,12 +184,6 @@ pub fn polygon_contains_strictly(poly: &[Vec2], p: Vec2) -> bool {
     inside
 }
 
-/// Area of a simple polygon (shoelace), positive whichever way it is ordered.
-pub fn polygon_area(poly: &[Vec2]) -> f64 {
-    let n = poly.len();
-    (0..n).map(|i| poly[i].cross(poly[(i + 1) % n])).sum::<f64>().abs() / 2.0
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -258,6 +252,5 @@ mod tests {
         ];
         assert!(polygon_contains_strictly(&l, Vec2::new(0.5, 1.5)));
         assert!(!polygon_contains_strictly(&l, Vec2::new(1.5, 1.5)));
-        assert!((polygon_area(&l) - 3.0).abs() < 1e-12);
     }
 }

@@ -54,7 +54,15 @@ impl PlaceCells {
         };
         // Fallbacks of `PlaceCells.__init__`: no walls to speak of on a torus; geodesic is only
         // defined for one internal wall, and falls back to line of sight beyond that.
-        let internal = arena.internal_walls();
+        //
+        // RatInABox counts walls by position, assuming `walls[:4]` are the box
+        // (`Environment.py:713`, `:735-742`, `Neurons.py:915`): line of sight checks `walls[4:]`,
+        // geodesic uses `walls[4]`. For the default box that is exactly the internal walls. For a
+        // polygon boundary with other than 4 edges it is not (boundary edges from the fifth on
+        // count as internal; a triangle's first user wall is skipped); the issue is silent on
+        // this, so we reproduce the reference's indexing.
+        let walls = arena.walls();
+        let internal = &walls[walls.len().min(4)..];
         let distance = match (config.wall_geometry, arena.boundary_conditions()) {
             (_, BoundaryConditions::Periodic) | (WallGeometry::Euclidean, _) => Distance::Euclidean,
             (WallGeometry::Geodesic, _) if internal.is_empty() => Distance::Euclidean,
