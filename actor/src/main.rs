@@ -111,6 +111,7 @@ fn simulate(args: SimulateArgs) -> Result<()> {
         num_envs: args.envs,
         steps: args.steps,
     };
+    spec.check()?;
     eprintln!(
         "simulating {} × {} steps of {} (seed {}, {:.1} MiB)",
         spec.num_envs,

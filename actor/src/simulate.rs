@@ -57,12 +57,13 @@ impl SimulateSpec {
     pub fn bytes(&self) -> u64 {
         let env = VecEnv::new(&self.config, self.seed, self.actor_id, 1);
         let s = env.shape();
-        let per_row = (s.obs_dim + 2 * usize::from(s.has_positions) + s.action_dim + usize::from(s.has_rewards)) * 4 + 1;
+        let per_row =
+            (s.obs_dim + 2 * usize::from(s.has_positions) + s.action_dim + usize::from(s.has_rewards)) * 4 + 1;
         per_row as u64 * self.steps as u64 * self.num_envs as u64
     }
 
-    /// Runs the simulation. `progress(rows_done)` is called about once a second.
-    pub fn run(&self, mut progress: impl FnMut(usize)) -> Result<Dataset> {
+    /// Refuses empty or oversized datasets before any work is done.
+    pub fn check(&self) -> Result<()> {
         if self.steps == 0 || self.num_envs == 0 {
             bail!("--steps and --envs must be at least 1");
         }
@@ -76,6 +77,12 @@ impl SimulateSpec {
                 MAX_BYTES >> 30
             );
         }
+        Ok(())
+    }
+
+    /// Runs the simulation. `progress(rows_done)` is called about once a second.
+    pub fn run(&self, mut progress: impl FnMut(usize)) -> Result<Dataset> {
+        self.check()?;
         let (e_n, n) = (self.num_envs, self.steps);
         let mut env = VecEnv::new(&self.config, self.seed, self.actor_id, e_n);
         let shape = env.shape();

@@ -21,10 +21,7 @@ pub const SECTIONS: [&str; 6] = ["experiment", "env", "replay", "model", "train"
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
+    Read { path: String, source: std::io::Error },
     #[error("config file {path} is not valid TOML: {message}")]
     Parse { path: String, message: String },
     #[error("unknown config section [{0}] (known sections: experiment, env, replay, model, train, eval)")]
@@ -83,10 +80,8 @@ impl ConfigDoc {
 
     /// Reads and parses a file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
         Self::parse(&text, &path.display().to_string())
     }
 
@@ -97,9 +92,7 @@ impl ConfigDoc {
     /// Whether the key exists is checked later, when the section is typed, because only the owning
     /// crate knows its fields.
     pub fn apply_set(&mut self, assignment: &str) -> Result<(), ConfigError> {
-        let (key, raw) = assignment
-            .split_once('=')
-            .ok_or_else(|| ConfigError::SetSyntax(assignment.to_string()))?;
+        let (key, raw) = assignment.split_once('=').ok_or_else(|| ConfigError::SetSyntax(assignment.to_string()))?;
         let key = key.trim();
         let parts: Vec<&str> = key.split('.').collect();
         if parts.len() < 2 || parts.iter().any(|p| p.is_empty()) {
@@ -114,9 +107,7 @@ impl ConfigDoc {
         let value = parse_value(raw.trim());
         let mut table = &mut self.root;
         for (depth, part) in parts[..parts.len() - 1].iter().enumerate() {
-            let entry = table
-                .entry(part.to_string())
-                .or_insert_with(|| Value::Table(Table::new()));
+            let entry = table.entry(part.to_string()).or_insert_with(|| Value::Table(Table::new()));
             table = entry.as_table_mut().ok_or_else(|| ConfigError::SetPath {
                 key: key.to_string(),
                 message: format!("`{}` is not a table", parts[..=depth].join(".")),
@@ -133,11 +124,7 @@ impl ConfigDoc {
 
     /// The raw table of a section, empty when the document does not mention it.
     pub fn section(&self, name: &str) -> Table {
-        self.root
-            .get(name)
-            .and_then(Value::as_table)
-            .cloned()
-            .unwrap_or_default()
+        self.root.get(name).and_then(Value::as_table).cloned().unwrap_or_default()
     }
 
     /// Replaces a section.
@@ -178,10 +165,8 @@ pub fn merge(base: &mut Table, over: &Table) {
 
 /// Deserialises a section into its typed form, with an error that names the section.
 pub fn typed<T: serde::de::DeserializeOwned>(section: &str, table: Table) -> Result<T, ConfigError> {
-    T::deserialize(Value::Table(table)).map_err(|e| ConfigError::Invalid {
-        section: section.to_string(),
-        message: e.message().to_string(),
-    })
+    T::deserialize(Value::Table(table))
+        .map_err(|e| ConfigError::Invalid { section: section.to_string(), message: e.message().to_string() })
 }
 
 /// Serialises a typed section back into a table (to lay a file over its defaults).

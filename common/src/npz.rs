@@ -93,13 +93,9 @@ impl NpyArray {
         let shape = match self.shape.len() {
             0 => "()".to_string(),
             1 => format!("({},)", self.shape[0]),
-            _ => format!(
-                "({})",
-                self.shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")
-            ),
+            _ => format!("({})", self.shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")),
         };
-        let mut header =
-            format!("{{'descr': '{}', 'fortran_order': False, 'shape': {}, }}", self.descr(), shape);
+        let mut header = format!("{{'descr': '{}', 'fortran_order': False, 'shape': {}, }}", self.descr(), shape);
         // magic(6) + version(2) + header_len(2) + header + '\n' ≡ 0 (mod 64)
         let unpadded = 10 + header.len() + 1;
         header.push_str(&" ".repeat((64 - unpadded % 64) % 64));
@@ -217,17 +213,10 @@ impl NpyArray {
 
 fn dict_field<'a>(header: &'a str, key: &str) -> Result<&'a str, NpzError> {
     let pat = format!("'{key}':");
-    let start = header
-        .find(&pat)
-        .ok_or_else(|| NpzError::Format(format!("npy header lacks '{key}'")))?
-        + pat.len();
+    let start = header.find(&pat).ok_or_else(|| NpzError::Format(format!("npy header lacks '{key}'")))? + pat.len();
     let rest = header[start..].trim_start();
-    let end = if rest.starts_with('(') {
-        rest.find(')').map(|i| i + 1)
-    } else {
-        rest.find([',', '}'])
-    }
-    .ok_or_else(|| NpzError::Format(format!("npy header field '{key}' is not terminated")))?;
+    let end = if rest.starts_with('(') { rest.find(')').map(|i| i + 1) } else { rest.find([',', '}']) }
+        .ok_or_else(|| NpzError::Format(format!("npy header field '{key}' is not terminated")))?;
     Ok(rest[..end].trim())
 }
 
@@ -275,8 +264,7 @@ fn read_npz_from<R: Read + Seek>(reader: R) -> Result<BTreeMap<String, NpyArray>
     for i in 0..zip.len() {
         let mut entry = zip.by_index(i)?;
         let name = entry.name().trim_end_matches(".npy").to_string();
-        let array = NpyArray::read_npy(&mut entry)
-            .map_err(|e| NpzError::Format(format!("array `{name}`: {e}")))?;
+        let array = NpyArray::read_npy(&mut entry).map_err(|e| NpzError::Format(format!("array `{name}`: {e}")))?;
         out.insert(name, array);
     }
     Ok(out)

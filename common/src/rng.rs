@@ -73,7 +73,7 @@ pub fn derive_seed(experiment_seed: u64, path: &[Label<'_>]) -> u64 {
     for label in path {
         let word = match *label {
             Label::Name(s) => fnv1a64(s.as_bytes()) ^ 0x6e61_6d65, // "name" tag
-            Label::Index(i) => splitmix64(i ^ 0x696e_6465_7800), // "index" tag
+            Label::Index(i) => splitmix64(i ^ 0x696e_6465_7800),   // "index" tag
         };
         h = splitmix64(h ^ word);
     }
@@ -110,14 +110,8 @@ mod tests {
         assert_eq!(a, derive_seed(7, &["actor".into(), 1u64.into(), 3u64.into()]));
         assert_ne!(a, derive_seed(7, &["actor".into(), 3u64.into(), 1u64.into()]));
         assert_ne!(a, derive_seed(8, &["actor".into(), 1u64.into(), 3u64.into()]));
-        assert_ne!(
-            derive_seed(7, &["cells".into()]),
-            derive_seed(7, &["policy".into()])
-        );
-        assert_ne!(
-            derive_seed(7, &[Label::Name("1")]),
-            derive_seed(7, &[Label::Index(1)])
-        );
+        assert_ne!(derive_seed(7, &["cells".into()]), derive_seed(7, &["policy".into()]));
+        assert_ne!(derive_seed(7, &[Label::Name("1")]), derive_seed(7, &[Label::Index(1)]));
         let mut r1 = stream(7, &["cells".into()]);
         let mut r2 = stream(7, &["cells".into()]);
         let x: [u64; 4] = [r1.random(), r1.random(), r1.random(), r1.random()];

@@ -83,10 +83,7 @@ mod tests {
     fn selection_follows_the_flag_and_the_driver() {
         assert_eq!(select(&[], false).unwrap(), vec![Compute::Cpu]);
         assert_eq!(select(&[], true).unwrap(), vec![Compute::Cpu]);
-        assert_eq!(
-            select(&[0, 1], true).unwrap(),
-            vec![Compute::Cuda { ordinal: 0 }, Compute::Cuda { ordinal: 1 }]
-        );
+        assert_eq!(select(&[0, 1], true).unwrap(), vec![Compute::Cuda { ordinal: 0 }, Compute::Cuda { ordinal: 1 }]);
         let err = select(&[0, 1], false).unwrap_err().to_string();
         assert!(err.contains("--gpus 0,1") && err.contains("no CUDA driver"), "{err}");
         assert_eq!(select(&[1, 1], true).unwrap_err(), DeviceError::Duplicate(1));

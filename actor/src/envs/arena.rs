@@ -46,10 +46,7 @@ impl Arena {
         }
         let n_boundary_walls = walls.len();
         walls.extend(
-            config
-                .walls
-                .iter()
-                .map(|w| Segment::new(Vec2::new(w[0][0], w[0][1]), Vec2::new(w[1][0], w[1][1]))),
+            config.walls.iter().map(|w| Segment::new(Vec2::new(w[0][0], w[0][1]), Vec2::new(w[1][0], w[1][1]))),
         );
         Arena {
             boundary,

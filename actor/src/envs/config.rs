@@ -315,7 +315,9 @@ impl EnvConfig {
         }
         match self {
             EnvConfig::Pendulum(c) => {
-                for (k, v) in [("dt", c.dt), ("m", c.m), ("l", c.l), ("max_speed", c.max_speed), ("max_torque", c.max_torque)] {
+                for (k, v) in
+                    [("dt", c.dt), ("m", c.m), ("l", c.l), ("max_speed", c.max_speed), ("max_torque", c.max_torque)]
+                {
                     positive(k, v)?;
                 }
                 non_negative("g", c.g)?;

@@ -70,6 +70,8 @@ pub struct EnvShape {
 }
 
 /// Any env, vectorised over E instances.
+// One per process, so boxing the larger variant would buy nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum VecEnv {
     Riab(riab::RiabEnv),
     Pendulum(pendulum::PendulumEnv),
@@ -93,7 +95,9 @@ impl VecEnv {
 
     pub fn shape(&self) -> EnvShape {
         match self {
-            VecEnv::Riab(e) => EnvShape { obs_dim: e.obs_dim(), action_dim: 0, has_positions: true, has_rewards: false },
+            VecEnv::Riab(e) => {
+                EnvShape { obs_dim: e.obs_dim(), action_dim: 0, has_positions: true, has_rewards: false }
+            }
             VecEnv::Pendulum(_) => EnvShape { obs_dim: 3, action_dim: 1, has_positions: false, has_rewards: true },
         }
     }

@@ -218,11 +218,7 @@ impl Agents {
         // 9. Head direction: low-pass filter of the measured direction.
         let tau_h = p.head_direction_smoothing_timescale;
         let mv_hat = mv / mv.norm();
-        let hd = if tau_h <= dt {
-            mv_hat
-        } else {
-            self.head_direction[i] * (1.0 - dt / tau_h) + mv_hat * (dt / tau_h)
-        };
+        let hd = if tau_h <= dt { mv_hat } else { self.head_direction[i] * (1.0 - dt / tau_h) + mv_hat * (dt / tau_h) };
         self.head_direction[i] = hd / hd.norm();
 
         self.pos[i] = pos;
@@ -293,7 +289,7 @@ mod tests {
         let mut t = 0usize;
         run(&c, 11, 64, 12_000, |a| {
             t += 1;
-            if t % 40 == 0 {
+            if t.is_multiple_of(40) {
                 speeds.extend(a.vel.iter().map(|v| v.norm()));
             }
         });

@@ -46,9 +46,7 @@ impl PendulumEnv {
             theta: vec![0.0; num_envs],
             theta_dot: vec![0.0; num_envs],
             elapsed: vec![None; num_envs],
-            rngs: (0..num_envs)
-                .map(|i| rng::stream(seed, &["actor".into(), actor_id.into(), i.into()]))
-                .collect(),
+            rngs: (0..num_envs).map(|i| rng::stream(seed, &["actor".into(), actor_id.into(), i.into()])).collect(),
         }
     }
 
@@ -74,8 +72,8 @@ impl PendulumEnv {
         let u = u.clamp(-c.max_torque, c.max_torque);
         let (th, thd) = (self.theta[e], self.theta_dot[e]);
         let cost = angle_normalize(th).powi(2) + 0.1 * thd * thd + 0.001 * u * u;
-        let new_thd = (thd + (1.5 * c.g / c.l * th.sin() + 3.0 / (c.m * c.l * c.l) * u) * c.dt)
-            .clamp(-c.max_speed, c.max_speed);
+        let new_thd =
+            (thd + (1.5 * c.g / c.l * th.sin() + 3.0 / (c.m * c.l * c.l) * u) * c.dt).clamp(-c.max_speed, c.max_speed);
         self.theta[e] = th + new_thd * c.dt;
         self.theta_dot[e] = new_thd;
         -cost

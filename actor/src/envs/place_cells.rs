@@ -23,7 +23,10 @@ enum Distance {
     Euclidean,
     LineOfSight(Vec<Segment>),
     /// One internal wall, and the ends of it a path may go round.
-    Geodesic { wall: Segment, ends: Vec<Vec2> },
+    Geodesic {
+        wall: Segment,
+        ends: Vec<Vec2>,
+    },
 }
 
 #[derive(Debug, Clone)]

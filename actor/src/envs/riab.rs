@@ -34,9 +34,8 @@ impl RiabEnv {
         let arena = Arena::new(&config.arena);
         let cells = PlaceCells::new(&config.cells, &arena, &mut rng::stream(seed, &["cells".into()]));
         let params = MotionParams::from_config(config);
-        let mut rngs: Vec<StreamRng> = (0..num_envs)
-            .map(|i| rng::stream(seed, &["actor".into(), actor_id.into(), i.into()]))
-            .collect();
+        let mut rngs: Vec<StreamRng> =
+            (0..num_envs).map(|i| rng::stream(seed, &["actor".into(), actor_id.into(), i.into()])).collect();
         let agents = Agents::new(&arena, &params, &mut rngs);
         let noise = if cells.has_noise() { vec![0.0; num_envs * cells.len()] } else { Vec::new() };
         let scratch = vec![0.0; cells.len()];
