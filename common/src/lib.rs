@@ -6,10 +6,12 @@
 //!   sections it owns into its own typed structs.
 //! - [`rng`]: derivation of every RNG stream from (experiment seed, role, ids, purpose), so runs are
 //!   reproducible and no two actors replay the same trajectory.
-//! - [`npz`]: NumPy `.npy`/`.npz` writing and reading, the offline dataset format.
+//! - [`npz`]: NumPy `.npy`/`.npz` writing and reading, the offline dataset format;
+//! - [`telemetry`]: the Prometheus exporter every service starts, and the metric naming rule.
 //!
-//! Nothing here knows gRPC or tokio.
+//! Nothing here knows gRPC; only the exporter's listener runs on tokio.
 
 pub mod config;
 pub mod npz;
 pub mod rng;
+pub mod telemetry;
