@@ -2,9 +2,12 @@
 //!
 //! Layout:
 //! - [`envs`]: the simulators (pure domain code; no gRPC, no tokio);
-//! - [`simulate`]: runs an env offline and writes a NumPy `.npz` dataset (`actor simulate`).
+//! - [`simulate`]: runs an env offline and writes a NumPy `.npz` dataset (`actor simulate`);
+//! - [`stream`]: the streaming actor: chunking (pure), per-shard writers and the process loop
+//!   (gRPC and tokio live only here).
 //!
 //! The `actor` binary (`src/main.rs`) is only the command line.
 
 pub mod envs;
 pub mod simulate;
+pub mod stream;

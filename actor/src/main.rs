@@ -2,22 +2,26 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
 use actor::envs::{EnvConfig, EnvId};
 use actor::simulate::SimulateSpec;
+use actor::stream::run::{run, ActorOptions};
 use common::config::ConfigDoc;
 
-/// Simulators for δ-model training: RatInABox-faithful rodent foraging with place cells, and
-/// Pendulum.
+/// The actor of a δ-model experiment: steps E environments and streams their transitions into
+/// the replay shards (`actor --env riab-walls --coordinator host:50051`), or simulates offline
+/// and writes a NumPy dataset (`actor simulate …`).
 #[derive(Debug, Parser)]
-#[command(name = "actor", version, about)]
+#[command(name = "actor", version, about, args_conflicts_with_subcommands = true)]
 struct Cli {
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
+    #[command(flatten)]
+    stream: StreamArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -27,6 +31,36 @@ enum Command {
     /// `actor simulate --env riab-random --steps 24000 --seed 0 --out random.npz` writes the
     /// thesis's 20-minute dataset (dt = 0.05 s, 50 place cells).
     Simulate(SimulateArgs),
+}
+
+/// Streaming into the replay shards (no subcommand).
+#[derive(Debug, clap::Args)]
+struct StreamArgs {
+    /// Env id: riab-random, riab-lowth, riab-highth, riab-walls or pendulum. It must match the
+    /// coordinator's experiment (the first actor fixes it when the coordinator has no config).
+    #[arg(long)]
+    env: Option<String>,
+    /// The coordinator's HOST:PORT.
+    #[arg(long, default_value = "127.0.0.1:50051")]
+    coordinator: String,
+    /// Number of environments stepped together (E); each is one stream.
+    #[arg(long, default_value_t = 16)]
+    envs: usize,
+    /// This actor's id: with the experiment seed and env index it fixes every trajectory.
+    #[arg(long, default_value_t = 0)]
+    actor_id: u64,
+    /// Serve Prometheus metrics at http://HOST:PORT/metrics.
+    #[arg(long)]
+    metrics_addr: Option<std::net::SocketAddr>,
+    /// On SIGTERM, wait at most this long (seconds) for outstanding chunks to be acknowledged.
+    #[arg(long, default_value_t = 10.0)]
+    drain_seconds: f64,
+    /// Keep retrying an unreachable coordinator this long (seconds) at start.
+    #[arg(long, default_value_t = 60.0)]
+    connect_timeout_seconds: f64,
+    /// Stop after this many steps per env (default: run until SIGTERM).
+    #[arg(long)]
+    max_steps: Option<u64>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -63,7 +97,8 @@ struct SimulateArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Simulate(args) => simulate(args),
+        Some(Command::Simulate(args)) => simulate(args),
+        None => stream(cli.stream),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -71,6 +106,57 @@ fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+fn stream(args: StreamArgs) -> Result<()> {
+    let Some(env) = &args.env else {
+        bail!("--env is required (or use `actor simulate`; see --help)");
+    };
+    let env: EnvId = env.parse().map_err(anyhow::Error::msg)?;
+    if args.envs == 0 {
+        bail!("--envs must be at least 1");
+    }
+    if !(args.drain_seconds.is_finite() && args.drain_seconds >= 0.0) {
+        bail!("--drain-seconds must be a number ≥ 0");
+    }
+    if !(args.connect_timeout_seconds.is_finite() && args.connect_timeout_seconds >= 0.0) {
+        bail!("--connect-timeout-seconds must be a number ≥ 0");
+    }
+    let options = ActorOptions {
+        env,
+        coordinator: args.coordinator.clone(),
+        envs: args.envs,
+        actor_id: args.actor_id,
+        drain: Duration::from_secs_f64(args.drain_seconds),
+        connect_timeout: Duration::from_secs_f64(args.connect_timeout_seconds),
+        max_steps: args.max_steps,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async {
+        if let Some(addr) = args.metrics_addr {
+            common::telemetry::serve_metrics(addr).with_context(|| format!("--metrics-addr {addr}"))?;
+        }
+        let report = run(options, shutdown_signal()).await?;
+        eprintln!(
+            "actor stopped after {} steps per env; {} chunks acknowledged, {} refused, {} unacknowledged",
+            report.steps,
+            report.writers.iter().map(|w| w.acked_chunks).sum::<u64>(),
+            report.writers.iter().map(|w| w.refused_chunks).sum::<u64>(),
+            report.unacknowledged()
+        );
+        Ok(())
+    })
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing a SIGTERM handler");
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term.recv() => {}
     }
 }
 

@@ -7,6 +7,7 @@
 //! - [`rng`]: derivation of every RNG stream from (experiment seed, role, ids, purpose), so runs are
 //!   reproducible and no two actors replay the same trajectory.
 //! - [`npz`]: NumPy `.npy`/`.npz` writing and reading, the offline dataset format;
+//! - [`shard`]: which replay shard a stream goes to (FNV-1a-64 of its id mod K);
 //! - [`telemetry`]: the Prometheus exporter every service starts, and the metric naming rule.
 //!
 //! Nothing here knows gRPC; only the exporter's listener runs on tokio.
@@ -14,4 +15,5 @@
 pub mod config;
 pub mod npz;
 pub mod rng;
+pub mod shard;
 pub mod telemetry;

@@ -1,0 +1,262 @@
+//! The sampling client the learner uses: batches of windows from every shard, through a bounded
+//! prefetch queue.
+//!
+//! A background task refreshes each shard's number of valid window starts (`Stats`), splits each
+//! batch over the shards by a multinomial draw in proportion to those counts, so the union is a
+//! uniform draw over every valid start of the store, and asks all shards at once. Finished
+//! batches wait in a queue of `prefetch` batches; when the learner falls behind, the task waits
+//! and stops asking. Per-shard window counts are kept for throughput reporting.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use futures::future::join_all;
+use proto::pb::coordinator_client::CoordinatorClient;
+use proto::pb::replay_client::ReplayClient;
+use proto::pb::{self};
+use rand::Rng;
+use tokio::sync::mpsc;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::server::MAX_MESSAGE_BYTES;
+use crate::table::StreamKey;
+
+/// A batch of B windows of W steps, row-major.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SampleBatch {
+    pub windows: usize,
+    pub window_steps: usize,
+    pub obs_dim: usize,
+    pub action_dim: usize,
+    /// B × W × obs_dim.
+    pub observations: Vec<f32>,
+    /// B × W.
+    pub step_types: Vec<u8>,
+    /// B × W × action_dim (empty without actions).
+    pub actions: Vec<f32>,
+    /// B × W (empty without rewards).
+    pub rewards: Vec<f32>,
+    /// Per window: its stream, the stream-step of its first step, and the shard it came from.
+    pub streams: Vec<StreamKey>,
+    pub start_steps: Vec<u64>,
+    pub shards: Vec<u32>,
+}
+
+impl SampleBatch {
+    fn append(&mut self, shard: u32, r: pb::SampleResponse) -> Result<()> {
+        let n = r.windows as usize;
+        if n == 0 {
+            return Ok(());
+        }
+        let (w, s, a) = (r.window_steps as usize, r.obs_dim as usize, r.action_dim as usize);
+        if self.windows == 0 {
+            (self.window_steps, self.obs_dim, self.action_dim) = (w, s, a);
+        } else if (w, s, a) != (self.window_steps, self.obs_dim, self.action_dim) {
+            bail!("shard {shard} serves windows of another shape ({w} steps × {s})");
+        }
+        self.observations.extend(proto::unpack_f32("observations", &r.observations, n * w * s)?);
+        if r.step_types.len() != n * w {
+            bail!("shard {shard}: step_types has {} entries, expected {}", r.step_types.len(), n * w);
+        }
+        self.step_types.extend_from_slice(&r.step_types);
+        self.actions.extend(proto::unpack_f32("actions", &r.actions, n * w * a)?);
+        if !r.rewards.is_empty() {
+            self.rewards.extend(proto::unpack_f32("rewards", &r.rewards, n * w)?);
+        }
+        if r.streams.len() != n || r.start_steps.len() != n {
+            bail!("shard {shard}: window metadata does not match {n} windows");
+        }
+        self.streams.extend(r.streams.iter().map(|s| StreamKey {
+            actor_id: s.actor_id,
+            incarnation: s.incarnation,
+            env_index: s.env_index,
+        }));
+        self.start_steps.extend_from_slice(&r.start_steps);
+        self.shards.extend(std::iter::repeat_n(shard, n));
+        self.windows += n;
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct SamplingOptions {
+    pub batch_size: usize,
+    /// Batches kept ready ahead of the learner.
+    pub prefetch: usize,
+    /// How long one `Sample` call may wait on a shard's rate limiter.
+    pub shard_timeout: Duration,
+    /// Seed of the shard-allocation draws.
+    pub seed: u64,
+}
+
+impl Default for SamplingOptions {
+    fn default() -> Self {
+        SamplingOptions { batch_size: 32, prefetch: 8, shard_timeout: Duration::from_millis(200), seed: 0 }
+    }
+}
+
+pub struct SamplingClient {
+    rx: mpsc::Receiver<Result<SampleBatch>>,
+    windows_per_shard: Arc<Vec<AtomicU64>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for SamplingClient {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn connect(addr: &str) -> Result<Channel> {
+    let uri = if addr.contains("://") { addr.to_string() } else { format!("http://{addr}") };
+    Ok(Endpoint::from_shared(uri)?.connect_timeout(Duration::from_secs(5)).tcp_nodelay(true).connect().await?)
+}
+
+impl SamplingClient {
+    /// Resolves the shard map through the coordinator and starts prefetching.
+    pub async fn connect(coordinator: &str, options: SamplingOptions) -> Result<SamplingClient> {
+        if options.batch_size == 0 || options.prefetch == 0 {
+            bail!("batch size and prefetch must be at least 1");
+        }
+        let mut c =
+            CoordinatorClient::new(connect(coordinator).await.with_context(|| format!("coordinator {coordinator}"))?);
+        let map =
+            c.get_shard_map(pb::GetShardMapRequest {}).await.map_err(|s| anyhow!("shard map: {}", s.message()))?;
+        let mut clients = Vec::new();
+        let mut by_address: std::collections::HashMap<String, Channel> = Default::default();
+        for slot in &map.get_ref().slots {
+            let ch = match by_address.get(&slot.address) {
+                Some(ch) => ch.clone(),
+                None => {
+                    let ch = connect(&slot.address)
+                        .await
+                        .with_context(|| format!("shard {} at {}", slot.shard_id, slot.address))?;
+                    by_address.insert(slot.address.clone(), ch.clone());
+                    ch
+                }
+            };
+            clients.push((
+                slot.shard_id,
+                ReplayClient::new(ch)
+                    .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                    .max_encoding_message_size(MAX_MESSAGE_BYTES),
+            ));
+        }
+        if clients.is_empty() {
+            bail!("the shard map has no slots");
+        }
+        let windows_per_shard: Arc<Vec<AtomicU64>> = Arc::new(clients.iter().map(|_| AtomicU64::new(0)).collect());
+        let (tx, rx) = mpsc::channel(options.prefetch);
+        let counters = windows_per_shard.clone();
+        let task = tokio::spawn(async move {
+            let mut rng = common::rng::stream(options.seed, &["sampler".into()]);
+            loop {
+                let batch = next_batch(&mut clients, &options, &mut rng, &counters).await;
+                let failed = batch.is_err();
+                if tx.send(batch).await.is_err() || failed {
+                    return; // the learner dropped the client, or we reported an error
+                }
+            }
+        });
+        Ok(SamplingClient { rx, windows_per_shard, task })
+    }
+
+    /// The next batch; waits while the store has nothing to sample.
+    pub async fn next(&mut self) -> Result<SampleBatch> {
+        self.rx.recv().await.unwrap_or_else(|| Err(anyhow!("the sampling task stopped")))
+    }
+
+    /// Windows received from each shard so far (index = shard id).
+    pub fn windows_per_shard(&self) -> Vec<u64> {
+        self.windows_per_shard.iter().map(|c| c.load(Ordering::Relaxed)).collect()
+    }
+}
+
+/// Splits `n` draws over `weights` by a multinomial draw (sequential binomials, as a categorical
+/// per draw): shard i gets each window with probability wᵢ/Σw.
+fn allocate<R: Rng>(n: usize, weights: &[u64], rng: &mut R) -> Vec<usize> {
+    let total: u64 = weights.iter().sum();
+    let mut out = vec![0; weights.len()];
+    if total == 0 {
+        return out;
+    }
+    for _ in 0..n {
+        let mut x = rng.random_range(0..total);
+        for (i, &w) in weights.iter().enumerate() {
+            if x < w {
+                out[i] += 1;
+                break;
+            }
+            x -= w;
+        }
+    }
+    out
+}
+
+async fn next_batch<R: Rng>(
+    clients: &mut [(u32, ReplayClient<Channel>)],
+    options: &SamplingOptions,
+    rng: &mut R,
+    counters: &[AtomicU64],
+) -> Result<SampleBatch> {
+    let mut batch = SampleBatch::default();
+    let mut idle = Duration::from_millis(5);
+    while batch.windows < options.batch_size {
+        let stats = join_all(clients.iter_mut().map(|(id, c)| {
+            let id = *id;
+            async move { c.stats(pb::StatsRequest { shard_id: id }).await }
+        }))
+        .await;
+        let weights: Vec<u64> =
+            stats.into_iter().map(|s| s.map(|r| r.into_inner().valid_window_starts).unwrap_or(0)).collect();
+        let want = allocate(options.batch_size - batch.windows, &weights, rng);
+        if want.iter().all(|&n| n == 0) {
+            // Nothing to sample anywhere yet: wait with backoff.
+            tokio::time::sleep(idle).await;
+            idle = (idle * 2).min(Duration::from_millis(500));
+            continue;
+        }
+        let timeout_ms = options.shard_timeout.as_millis() as u64;
+        let replies = join_all(clients.iter_mut().zip(&want).filter(|(_, &n)| n > 0).map(|((id, c), &n)| {
+            let id = *id;
+            async move { (id, c.sample(pb::SampleRequest { shard_id: id, count: n as u32, timeout_ms }).await) }
+        }))
+        .await;
+        for (id, reply) in replies {
+            match reply {
+                Ok(r) => {
+                    let r = r.into_inner();
+                    let n = u64::from(r.windows);
+                    batch.append(id, r)?;
+                    counters[id as usize].fetch_add(n, Ordering::Relaxed);
+                    metrics::counter!("dsm_learner_sampled_windows_total", "shard" => id.to_string()).increment(n);
+                }
+                // The shard's rate limiter said not yet: try again on the next round.
+                Err(s) if s.code() == tonic::Code::DeadlineExceeded => {}
+                Err(s) => bail!("sampling shard {id}: {} ({:?})", s.message(), s.code()),
+            }
+        }
+    }
+    Ok(batch)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each shard's share follows its weight: with n = 100,000 draws the sd of a share is at
+    /// most 0.16%; allow 1%.
+    #[test]
+    fn allocation_is_proportional_to_valid_starts() {
+        let mut rng = common::rng::stream(1, &["test".into()]);
+        let got = allocate(100_000, &[100, 300, 0, 600], &mut rng);
+        assert_eq!(got.iter().sum::<usize>(), 100_000);
+        assert_eq!(got[2], 0);
+        for (g, w) in got.iter().zip([0.1, 0.3, 0.0, 0.6]) {
+            assert!((*g as f64 / 100_000.0 - w).abs() < 0.01, "{got:?}");
+        }
+        assert_eq!(allocate(5, &[0, 0], &mut rng), [0, 0]);
+    }
+}

@@ -1,0 +1,239 @@
+//! The `Coordinator` gRPC service: membership, the experiment, the shard map, the registry.
+
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use futures::Stream;
+use proto::pb::coordinator_server::Coordinator;
+use proto::pb::{self, Role};
+use tokio::sync::broadcast;
+use tonic::{Request, Response, Status};
+
+use crate::experiment::{Experiment, ExperimentError};
+use crate::membership::{Membership, MembershipError, NodeRole};
+use crate::registry::{CheckpointRecord, Registry, RegistryError};
+
+/// The shard map: K slots and where each is served.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ShardMap {
+    pub version: u64,
+    pub addresses: Vec<String>,
+}
+
+/// Everything the coordinator knows, shared by its service and its lease reaper.
+pub struct CoordinatorState {
+    pub experiment: Mutex<Experiment>,
+    pub membership: Mutex<Membership>,
+    pub shard_map: Mutex<ShardMap>,
+    pub registry: Mutex<Registry>,
+    watchers: broadcast::Sender<CheckpointRecord>,
+    heartbeat: Duration,
+}
+
+impl CoordinatorState {
+    pub fn new(experiment: Experiment, shard_map: ShardMap) -> Arc<Self> {
+        let lease = Duration::from_secs_f64(experiment.replay().lease_seconds);
+        let heartbeat = Duration::from_secs_f64(experiment.replay().heartbeat_seconds);
+        let (watchers, _) = broadcast::channel(64);
+        Arc::new(CoordinatorState {
+            experiment: Mutex::new(experiment),
+            membership: Mutex::new(Membership::new(lease)),
+            shard_map: Mutex::new(shard_map),
+            registry: Mutex::new(Registry::default()),
+            watchers,
+            heartbeat,
+        })
+    }
+
+    /// Drops nodes whose lease ran out; returns how many.
+    pub fn reap(&self, now: Instant) -> usize {
+        let gone = lock(&self.membership).expire(now);
+        for node in &gone {
+            eprintln!("lease expired: node {} ({:?}, {})", node.id, node.role, node.advertise);
+        }
+        metrics::counter!("dsm_coordinator_expired_leases_total").increment(gone.len() as u64);
+        metrics::gauge!("dsm_coordinator_nodes").set(lock(&self.membership).len() as f64);
+        gone.len()
+    }
+
+    /// Renews leases every half heartbeat until the process ends.
+    pub async fn run_reaper(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(self.heartbeat / 2);
+        loop {
+            tick.tick().await;
+            self.reap(Instant::now());
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[derive(Clone)]
+pub struct CoordinatorService {
+    state: Arc<CoordinatorState>,
+}
+
+impl CoordinatorService {
+    pub fn new(state: Arc<CoordinatorState>) -> Self {
+        Self { state }
+    }
+}
+
+fn to_pb(r: &CheckpointRecord) -> pb::CheckpointEntry {
+    pb::CheckpointEntry {
+        version: r.version,
+        step: r.step,
+        uri: r.uri.clone(),
+        metrics: r.metrics.iter().cloned().collect(),
+        published_unix_ms: r.published_unix_ms,
+    }
+}
+
+#[tonic::async_trait]
+impl Coordinator for CoordinatorService {
+    async fn register(&self, request: Request<pb::RegisterRequest>) -> Result<Response<pb::RegisterResponse>, Status> {
+        let req = request.into_inner();
+        let role = match Role::try_from(req.role) {
+            Ok(Role::Actor) => NodeRole::Actor,
+            Ok(Role::Replay) => NodeRole::Replay,
+            Ok(Role::Learner) => NodeRole::Learner,
+            Ok(Role::Evaluator) => NodeRole::Evaluator,
+            _ => return Err(Status::invalid_argument(format!("role: must be set to a known role, got {}", req.role))),
+        };
+        if role == NodeRole::Actor {
+            if req.env_id.is_empty() {
+                return Err(Status::invalid_argument("env_id: an actor must say which env it runs"));
+            }
+            lock(&self.state.experiment).admit(&req.env_id).map_err(|e| match e {
+                ExperimentError::Mismatch { .. } | ExperimentError::BadEnv { .. } => {
+                    Status::failed_precondition(e.to_string())
+                }
+                ExperimentError::UnknownEnv(_) => Status::invalid_argument(e.to_string()),
+            })?;
+        }
+        let actor_id = (role == NodeRole::Actor).then_some(req.actor_id);
+        let mut m = lock(&self.state.membership);
+        let id = m.register(role, req.advertise, actor_id, req.incarnation, Instant::now());
+        metrics::counter!("dsm_coordinator_registrations_total").increment(1);
+        metrics::gauge!("dsm_coordinator_nodes").set(m.len() as f64);
+        Ok(Response::new(pb::RegisterResponse {
+            node_id: id,
+            lease_ms: m.lease().as_millis() as u64,
+            heartbeat_ms: self.state.heartbeat.as_millis() as u64,
+        }))
+    }
+
+    async fn heartbeat(
+        &self,
+        request: Request<pb::HeartbeatRequest>,
+    ) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        let id = request.into_inner().node_id;
+        let mut m = lock(&self.state.membership);
+        m.heartbeat(id, Instant::now())
+            .map_err(|e @ MembershipError::UnknownNode(_)| Status::not_found(e.to_string()))?;
+        Ok(Response::new(pb::HeartbeatResponse { lease_ms: m.lease().as_millis() as u64 }))
+    }
+
+    async fn get_experiment(&self, _: Request<pb::GetExperimentRequest>) -> Result<Response<pb::Experiment>, Status> {
+        let e = lock(&self.state.experiment);
+        let (Some(id), Some(toml)) = (e.env(), e.config_toml()) else {
+            return Err(Status::failed_precondition(
+                "no experiment yet: start the coordinator with --config, or register an actor first",
+            ));
+        };
+        Ok(Response::new(pb::Experiment {
+            env_id: id.to_string(),
+            seed: e.seed(),
+            config_toml: toml.to_string(),
+            window_steps: e.replay().window_steps,
+            chunk_steps: e.replay().chunk_steps,
+            max_in_flight_chunks: e.replay().max_in_flight_chunks,
+        }))
+    }
+
+    async fn get_shard_map(&self, _: Request<pb::GetShardMapRequest>) -> Result<Response<pb::ShardMap>, Status> {
+        let map = lock(&self.state.shard_map);
+        Ok(Response::new(pb::ShardMap {
+            version: map.version,
+            slots: map
+                .addresses
+                .iter()
+                .enumerate()
+                .map(|(i, a)| pb::ShardSlot { shard_id: i as u32, address: a.clone() })
+                .collect(),
+        }))
+    }
+
+    async fn publish_checkpoint(
+        &self,
+        request: Request<pb::CheckpointEntry>,
+    ) -> Result<Response<pb::PublishCheckpointResponse>, Status> {
+        let e = request.into_inner();
+        let published_unix_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
+        let mut metrics: Vec<(String, f64)> = e.metrics.into_iter().collect();
+        metrics.sort_by(|a, b| a.0.cmp(&b.0));
+        let record = CheckpointRecord { version: e.version, step: e.step, uri: e.uri, metrics, published_unix_ms };
+        lock(&self.state.registry).publish(record.clone()).map_err(|e| match e {
+            RegistryError::NotNewer { .. } => Status::failed_precondition(e.to_string()),
+            _ => Status::invalid_argument(e.to_string()),
+        })?;
+        metrics::counter!("dsm_coordinator_checkpoints_published_total").increment(1);
+        // No watcher is fine.
+        let _ = self.state.watchers.send(record);
+        Ok(Response::new(pb::PublishCheckpointResponse {}))
+    }
+
+    type WatchCheckpointsStream = Pin<Box<dyn Stream<Item = Result<pb::CheckpointEntry, Status>> + Send>>;
+
+    async fn watch_checkpoints(
+        &self,
+        _: Request<pb::WatchCheckpointsRequest>,
+    ) -> Result<Response<Self::WatchCheckpointsStream>, Status> {
+        // Subscribe before reading the latest, so nothing published in between is missed; a
+        // duplicate of the latest is filtered by version.
+        let mut rx = self.state.watchers.subscribe();
+        let latest = lock(&self.state.registry).latest().cloned();
+        let state = self.state.clone();
+        let stream = async_stream(move |tx| async move {
+            let mut last = 0u64;
+            if let Some(l) = latest {
+                last = l.version;
+                if tx.send(Ok(to_pb(&l))).await.is_err() {
+                    return;
+                }
+            }
+            loop {
+                let next = match rx.recv().await {
+                    Ok(r) => r,
+                    // Too slow to keep up: skip to the latest entry.
+                    Err(broadcast::error::RecvError::Lagged(_)) => match lock(&state.registry).latest().cloned() {
+                        Some(r) => r,
+                        None => continue,
+                    },
+                    Err(broadcast::error::RecvError::Closed) => return,
+                };
+                if next.version > last {
+                    last = next.version;
+                    if tx.send(Ok(to_pb(&next))).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(stream))
+    }
+}
+
+/// A stream fed by a spawned task through a bounded channel.
+fn async_stream<F, Fut>(f: F) -> Pin<Box<dyn Stream<Item = Result<pb::CheckpointEntry, Status>> + Send>>
+where
+    F: FnOnce(tokio::sync::mpsc::Sender<Result<pb::CheckpointEntry, Status>>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    tokio::spawn(f(tx));
+    Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
+}
