@@ -221,11 +221,14 @@ impl Shard {
             waited_since.get_or_insert(now);
             match deadline {
                 Some(d) if d <= now => {
+                    if let Some(t) = waited_since {
+                        self.lock().counters.insert_blocked += t.elapsed();
+                    }
                     return Err(Refused::new(
                         tonic::Code::DeadlineExceeded,
                         "chunk",
                         "rate limiter: timeout exceeded before the right to insert was acquired",
-                    ))
+                    ));
                 }
                 Some(d) => {
                     let _ = tokio::time::timeout_at(d.into(), notified).await;
@@ -251,7 +254,10 @@ impl Shard {
                 if let (true, true, Some(spec)) = (s.limiter.can_sample(1), s.table.valid_starts() > 0, s.table.spec())
                 {
                     if let Some(t) = waited_since {
-                        s.counters.sample_blocked += t.elapsed();
+                        let blocked = t.elapsed();
+                        s.counters.sample_blocked += blocked;
+                        metrics::histogram!("dsm_replay_sample_blocked_seconds", "shard" => self.id.to_string())
+                            .record(blocked.as_secs_f64());
                     }
                     out.obs_dim = spec.obs_dim;
                     out.action_dim = spec.action_dim;
@@ -314,5 +320,118 @@ impl Shard {
             counters: s.counters,
             limiter: s.limiter.checkpoint(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The waiting around the limiter: both sides block, both honour deadlines, and each is
+    //! released by the other side's progress.
+
+    use super::*;
+    use std::sync::Arc;
+
+    const KEY: StreamKey = StreamKey { actor_id: 1, incarnation: 2, env_index: 0 };
+    const SPEC: StreamSpec = StreamSpec { obs_dim: 1, action_dim: 0, has_rewards: false };
+
+    fn chunk(seq: u64, steps: usize) -> ChunkData {
+        ChunkData {
+            first_seq: seq,
+            steps,
+            observations: (0..steps).map(|i| (seq as usize * steps + i) as f32).collect(),
+            step_types: vec![1; steps],
+            actions: vec![],
+            rewards: vec![],
+        }
+    }
+
+    fn soon(ms: u64) -> Instant {
+        Instant::now() + Duration::from_millis(ms)
+    }
+
+    #[tokio::test]
+    async fn sampling_waits_for_min_size_then_succeeds() {
+        let shard = Arc::new(Shard::new(0, 1000, 4, RateLimiter::min_size(4).unwrap(), 0));
+        shard.open(KEY, SPEC, 0).unwrap();
+        let mut out = PackedWindows::default();
+        let err = shard.sample(1, soon(30), &mut out).await.unwrap_err();
+        assert_eq!(err.code, tonic::Code::DeadlineExceeded);
+        assert!(shard.stats().counters.sample_blocked >= Duration::from_millis(30));
+        // A sampler waiting without a near deadline is released by an insert.
+        let sampler = {
+            let shard = shard.clone();
+            tokio::spawn(async move {
+                let mut out = PackedWindows::default();
+                shard.sample(2, soon(5000), &mut out).await.map(|()| out)
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!sampler.is_finished());
+        shard.insert(KEY, chunk(0, 4), None).await.unwrap();
+        let out = sampler.await.unwrap().unwrap();
+        assert_eq!(out.len(), 2);
+        assert_eq!(out.observations, [0.0, 1.0, 2.0, 3.0, 0.0, 1.0, 2.0, 3.0]);
+    }
+
+    /// With samples-per-insert limiting, inserts block until samples catch up, and an insert
+    /// deadline is honoured.
+    #[tokio::test]
+    async fn inserts_block_until_samples_catch_up() {
+        // spi 1, min size 4, diff allowed in [0, 8]: at most 8 windows ahead of samples.
+        let limiter = RateLimiter::new(1.0, 4, 0.0, 8.0).unwrap();
+        let shard = Arc::new(Shard::new(0, 1000, 2, limiter, 0));
+        shard.open(KEY, SPEC, 0).unwrap();
+        shard.insert(KEY, chunk(0, 4), None).await.unwrap(); // free up to min size
+        shard.insert(KEY, chunk(1, 4), None).await.unwrap(); // diff 8 ≤ 8
+        let err = shard.insert(KEY, chunk(2, 4), Some(soon(30))).await.unwrap_err();
+        assert_eq!((err.code, err.field), (tonic::Code::DeadlineExceeded, "chunk"));
+        assert_eq!(shard.stats().size_steps, 8, "a refused insert stores nothing");
+        let writer = {
+            let shard = shard.clone();
+            tokio::spawn(async move { shard.insert(KEY, chunk(2, 4), None).await })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!writer.is_finished(), "the insert waits for samples");
+        let mut out = PackedWindows::default();
+        shard.sample(4, soon(1000), &mut out).await.unwrap();
+        assert_eq!(out.len(), 4);
+        writer.await.unwrap().unwrap();
+        let stats = shard.stats();
+        assert_eq!(stats.size_steps, 12);
+        assert_eq!((stats.limiter.insert_count, stats.limiter.sample_count), (12, 4));
+        assert!(stats.counters.insert_blocked >= Duration::from_millis(50));
+    }
+
+    #[tokio::test]
+    async fn sequence_and_open_rules() {
+        let shard = Shard::new(0, 1000, 2, RateLimiter::min_size(2).unwrap(), 0);
+        let err = shard.insert(KEY, chunk(0, 2), None).await.unwrap_err();
+        assert_eq!((err.code, err.field), (tonic::Code::FailedPrecondition, "chunk.stream"));
+        shard.open(KEY, SPEC, 5).unwrap();
+        let err = shard.insert(KEY, chunk(0, 2), None).await.unwrap_err();
+        assert_eq!((err.code, err.field), (tonic::Code::OutOfRange, "chunk.seq"));
+        shard.insert(KEY, chunk(5, 2), None).await.unwrap();
+        // Re-opening at the next sequence number is a reconnect; anywhere else is refused.
+        shard.open(KEY, SPEC, 6).unwrap();
+        assert_eq!(shard.open(KEY, SPEC, 3).unwrap_err().field, "open.first_seq");
+        let other = StreamSpec { obs_dim: 2, ..SPEC };
+        assert_eq!(shard.open(KEY, other, 6).unwrap_err().field, "open");
+        let key2 = StreamKey { env_index: 1, ..KEY };
+        assert!(shard.open(key2, other, 0).unwrap_err().message.contains("obs_dim"));
+    }
+
+    /// FIFO eviction keeps the store bounded, and inserted = stored + evicted.
+    #[tokio::test]
+    async fn accounting_holds_through_eviction() {
+        let shard = Shard::new(0, 100, 2, RateLimiter::min_size(2).unwrap(), 0);
+        shard.open(KEY, SPEC, 0).unwrap();
+        for seq in 0..30 {
+            shard.insert(KEY, chunk(seq, 7), None).await.unwrap();
+            let s = shard.stats();
+            assert!(s.size_steps <= 100);
+            assert_eq!(s.inserted_steps, s.size_steps + s.evicted_steps);
+            assert_eq!(s.limiter.insert_count - s.limiter.delete_count, s.size_steps);
+        }
+        assert_eq!(shard.stats().inserted_steps, 210);
     }
 }

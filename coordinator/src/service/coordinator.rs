@@ -7,7 +7,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use futures::Stream;
 use proto::pb::coordinator_server::Coordinator;
 use proto::pb::{self, Role};
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 use tonic::{Request, Response, Status};
 
 use crate::experiment::{Experiment, ExperimentError};
@@ -74,11 +74,13 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 #[derive(Clone)]
 pub struct CoordinatorService {
     state: Arc<CoordinatorState>,
+    /// Turns true when the server shuts down, ending `WatchCheckpoints` streams.
+    closing: watch::Receiver<bool>,
 }
 
 impl CoordinatorService {
-    pub fn new(state: Arc<CoordinatorState>) -> Self {
-        Self { state }
+    pub fn new(state: Arc<CoordinatorState>, closing: watch::Receiver<bool>) -> Self {
+        Self { state, closing }
     }
 }
 
@@ -197,6 +199,7 @@ impl Coordinator for CoordinatorService {
         let mut rx = self.state.watchers.subscribe();
         let latest = lock(&self.state.registry).latest().cloned();
         let state = self.state.clone();
+        let mut closing = self.closing.clone();
         let stream = async_stream(move |tx| async move {
             let mut last = 0u64;
             if let Some(l) = latest {
@@ -206,7 +209,11 @@ impl Coordinator for CoordinatorService {
                 }
             }
             loop {
-                let next = match rx.recv().await {
+                let received = tokio::select! {
+                    _ = closing.wait_for(|c| *c) => return,
+                    r = rx.recv() => r,
+                };
+                let next = match received {
                     Ok(r) => r,
                     // Too slow to keep up: skip to the latest entry.
                     Err(broadcast::error::RecvError::Lagged(_)) => match lock(&state.registry).latest().cloned() {

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use proto::pb::replay_server::Replay;
 use proto::pb::{self, insert_request::Kind};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status, Streaming};
 
@@ -21,11 +21,14 @@ const INSERT_RESPONSE_QUEUE: usize = 128;
 #[derive(Clone)]
 pub struct ReplayService {
     shards: Arc<Vec<Arc<Shard>>>,
+    /// Turns true when the server shuts down: long-lived insert streams end then, or a graceful
+    /// shutdown would wait for every connected actor.
+    closing: watch::Receiver<bool>,
 }
 
 impl ReplayService {
-    pub fn new(shards: Vec<Arc<Shard>>) -> Self {
-        Self { shards: Arc::new(shards) }
+    pub fn new(shards: Vec<Arc<Shard>>, closing: watch::Receiver<bool>) -> Self {
+        Self { shards: Arc::new(shards), closing }
     }
 
     fn shard(shards: &[Arc<Shard>], id: u32) -> Result<&Arc<Shard>, Refused> {
@@ -86,11 +89,22 @@ impl Replay for ReplayService {
         let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(INSERT_RESPONSE_QUEUE);
         let shards = self.shards.clone();
+        let mut closing = self.closing.clone();
         tokio::spawn(async move {
             // One message at a time: while a chunk waits for the rate limiter, the next is not
             // read, so HTTP/2 flow control pushes back on the writer.
-            while let Ok(Some(msg)) = inbound.message().await {
-                let response = handle(&shards, msg).await;
+            loop {
+                let msg = tokio::select! {
+                    _ = closing.wait_for(|c| *c) => break,
+                    msg = inbound.message() => match msg {
+                        Ok(Some(msg)) => msg,
+                        _ => break, // the client finished or went away
+                    },
+                };
+                let response = tokio::select! {
+                    _ = closing.wait_for(|c| *c) => break,
+                    r = handle(&shards, msg) => r,
+                };
                 if tx.send(Ok(response)).await.is_err() {
                     break; // the client went away
                 }
