@@ -206,7 +206,9 @@ async fn next_batch<R: Rng>(
     while batch.windows < options.batch_size {
         let stats = join_all(clients.iter_mut().map(|(id, c)| {
             let id = *id;
-            async move { c.stats(pb::StatsRequest { shard_id: id }).await }
+            let mut r = tonic::Request::new(pb::StatsRequest { shard_id: id });
+            r.set_timeout(Duration::from_secs(5));
+            async move { c.stats(r).await }
         }))
         .await;
         let weights: Vec<u64> =
@@ -221,7 +223,10 @@ async fn next_batch<R: Rng>(
         let timeout_ms = options.shard_timeout.as_millis() as u64;
         let replies = join_all(clients.iter_mut().zip(&want).filter(|(_, &n)| n > 0).map(|((id, c), &n)| {
             let id = *id;
-            async move { (id, c.sample(pb::SampleRequest { shard_id: id, count: n as u32, timeout_ms }).await) }
+            let mut r = tonic::Request::new(pb::SampleRequest { shard_id: id, count: n as u32, timeout_ms });
+            // The server waits up to timeout_ms for its limiter; allow for the transfer on top.
+            r.set_timeout(Duration::from_millis(timeout_ms) + Duration::from_secs(10));
+            async move { (id, c.sample(r).await) }
         }))
         .await;
         for (id, reply) in replies {

@@ -97,6 +97,15 @@ async fn connect_coordinator(addr: &str, timeout: Duration) -> Result<Coordinato
     }
 }
 
+/// Every unary call carries a deadline (Conventions).
+const RPC_DEADLINE: Duration = Duration::from_secs(10);
+
+fn with_deadline<T>(message: T) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(message);
+    r.set_timeout(RPC_DEADLINE);
+    r
+}
+
 fn status_line(what: &str, s: tonic::Status) -> anyhow::Error {
     anyhow!("{what}: {} ({:?})", s.message(), s.code())
 }
@@ -105,25 +114,25 @@ pub async fn run(opts: ActorOptions, shutdown: impl Future<Output = ()> + Send) 
     let incarnation = new_incarnation();
     let mut coordinator = connect_coordinator(&opts.coordinator, opts.connect_timeout).await?;
     let reg = coordinator
-        .register(pb::RegisterRequest {
+        .register(with_deadline(pb::RegisterRequest {
             role: Role::Actor as i32,
             advertise: String::new(),
             env_id: opts.env.to_string(),
             actor_id: opts.actor_id,
             incarnation,
-        })
+        }))
         .await
         .map_err(|s| status_line("registering with the coordinator", s))?
         .into_inner();
     let experiment = coordinator
-        .get_experiment(pb::GetExperimentRequest {})
+        .get_experiment(with_deadline(pb::GetExperimentRequest {}))
         .await
         .map_err(|s| status_line("fetching the experiment", s))?
         .into_inner();
     let doc = ConfigDoc::parse(&experiment.config_toml, "the coordinator's experiment")?;
     let env_config = EnvConfig::resolve(opts.env, &doc.section("env"))?;
     let map = coordinator
-        .get_shard_map(pb::GetShardMapRequest {})
+        .get_shard_map(with_deadline(pb::GetShardMapRequest {}))
         .await
         .map_err(|s| status_line("fetching the shard map", s))?
         .into_inner();
@@ -143,7 +152,8 @@ pub async fn run(opts: ActorOptions, shutdown: impl Future<Output = ()> + Send) 
         let mut tick = tokio::time::interval(heartbeat_every);
         loop {
             tick.tick().await;
-            let req = tonic::Request::new(pb::HeartbeatRequest { node_id: reg.node_id });
+            let mut req = tonic::Request::new(pb::HeartbeatRequest { node_id: reg.node_id });
+            req.set_timeout(heartbeat_every);
             if let Err(s) = hb_client.heartbeat(req).await {
                 eprintln!("heartbeat failed: {}", s.message());
             }

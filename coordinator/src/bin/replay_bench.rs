@@ -27,13 +27,9 @@
 //! (`cli-*`), as two processes on one machine would. Per-thread CPU time from `/proc/self/task`
 //! says how many cores each side used: a hint at what bounds the rate.
 //!
-//! # Server sockets
-//!
-//! `serve_coordinator` accepts plain sockets, so Nagle's algorithm holds the server's small writes
-//! (acks, the tail of a response) until the client's delayed ACK. Every gRPC case therefore runs
-//! twice by default: as shipped, and with TCP_NODELAY set on the listening socket, which Linux
-//! copies to the accepted sockets (`--server-sockets shipped|nodelay|both`). The second is what
-//! `TcpIncoming::from(listener).with_nodelay(Some(true))` in `server.rs` would give.
+//! Both ends of every connection have TCP_NODELAY: `serve_coordinator` sets it on the sockets it
+//! accepts, and the clients connect as the actor does. (Before commit a7c92e4 the server's sockets
+//! kept Nagle's algorithm on, which this benchmark found; docs/benchmarks.md keeps the history.)
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -57,11 +53,10 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 
 /// Reverb, as a user measured it (google-deepmind/reverb issue #58): about 224K frames/s with one
-/// server, and about 268K frames/s in total when several single-server runs went at once, which
-/// the issue behind this benchmark reads as the ceiling for one consumer. Other hardware, other
-/// payloads: a reference point, not a measurement of this run.
-const REVERB_SERVER_FPS: f64 = 224_000.0;
-const REVERB_CONSUMER_FPS: f64 = 268_000.0;
+/// server. Every rate is set against it. (The issue's 268K is another row of the same table: four
+/// independent one-server experiments launched at once on one machine, not a consumer's ceiling.)
+/// Other hardware, other payloads: a reference point, not a measurement of this run.
+const REVERB_FPS: f64 = 224_000.0;
 /// The issue's goals, per shard.
 const GOAL_INGEST: f64 = 1_000_000.0;
 const GOAL_SAMPLE: f64 = 200_000.0;
@@ -77,7 +72,7 @@ const PAYLOAD_VARIANTS: usize = 16;
 
 /// Throughput and memory of one replay shard over loopback gRPC (see docs/benchmarks.md).
 #[derive(Debug, Parser)]
-#[command(name = "replay_bench", about)]
+#[command(name = "replay_bench")]
 struct Cli {
     /// Seconds per timed measurement (each ingest configuration, each sampling configuration).
     /// The naive baseline runs for half as long.
@@ -86,28 +81,17 @@ struct Cli {
     /// A short run (under 20 s on 2 cores): 0.3 s per measurement, 200K-step fills.
     #[arg(long)]
     quick: bool,
-    /// Run only the measurements whose name contains this text. Names: `shipped|nodelay naive ENV`,
-    /// `shipped|nodelay ingest ENV N`, `shipped|nodelay sample ENV`, `in-process ENV`, `memory ENV`
-    /// (ENV is riab or pendulum), e.g. `--only "nodelay ingest riab 16"` under a profiler.
+    /// Run only the measurements whose name contains this text. Names: `naive ENV`,
+    /// `ingest ENV STREAMS/RPCS` (1/1, 4/4, 16/16, 16/1), `sample ENV`, `in-process ENV`,
+    /// `memory ENV` (ENV is riab or pendulum), e.g. `--only "ingest riab 16/16"` under a profiler.
     #[arg(long)]
     only: Option<String>,
-    /// The server's accepted sockets: as `serve_coordinator` ships them (Nagle on), with
-    /// TCP_NODELAY (the one-line fix docs/benchmarks.md describes), or both, one after the other.
-    #[arg(long, value_enum, default_value_t = Sockets::Both)]
-    server_sockets: Sockets,
     /// Internal: be the memory child for this env and print one `memory` line.
     #[arg(long, hide = true)]
     memory_child: Option<Env>,
     /// Internal: steps the memory child stores.
     #[arg(long, hide = true, default_value_t = 1_000_000)]
     memory_steps: u64,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum Sockets {
-    Shipped,
-    Nodelay,
-    Both,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -251,17 +235,14 @@ fn cores() -> usize {
 /// An in-process coordinator with one shard, on its own runtime and OS threads.
 struct Server {
     addr: SocketAddr,
-    nodelay: bool,
     stop: Option<oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<Result<()>>>,
 }
 
 impl Server {
-    /// `nodelay`: set TCP_NODELAY on the listening socket. Linux copies it to every accepted
-    /// socket, which is what `serve_coordinator` would do with
-    /// `TcpIncoming::from(listener).with_nodelay(Some(true))`; as shipped it accepts plain sockets,
-    /// so the server's small writes wait for Nagle's algorithm (see docs/benchmarks.md).
-    fn start(env: Env, max_size: u64, nodelay: bool) -> Result<Server> {
+    /// `serve_coordinator` on `127.0.0.1:0`, exactly as the coordinator binary runs it (it sets
+    /// TCP_NODELAY on the sockets it accepts).
+    fn start(env: Env, max_size: u64) -> Result<Server> {
         let text =
             format!("[experiment]\nenv = \"{}\"\nseed = 0\n[replay]\nshards = 1\nmax_size = {max_size}\n", env.id());
         let experiment = Experiment::new(ConfigDoc::parse(&text, "replay_bench")?)?;
@@ -274,10 +255,7 @@ impl Server {
                 .enable_all()
                 .build()?;
             rt.block_on(async move {
-                let socket = tokio::net::TcpSocket::new_v4()?;
-                socket.set_nodelay(nodelay)?;
-                socket.bind("127.0.0.1:0".parse()?)?;
-                let listener = socket.listen(1024)?;
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
                 let addr = listener.local_addr()?;
                 let _ = addr_tx.send(addr);
                 serve_coordinator(listener, addr.to_string(), experiment, async {
@@ -287,7 +265,7 @@ impl Server {
             })
         })?;
         match addr_rx.recv_timeout(Duration::from_secs(10)) {
-            Ok(addr) => Ok(Server { addr, nodelay, stop: Some(stop_tx), thread: Some(thread) }),
+            Ok(addr) => Ok(Server { addr, stop: Some(stop_tx), thread: Some(thread) }),
             Err(_) => match thread.join() {
                 Ok(Err(e)) => Err(e.context("starting the server")),
                 _ => bail!("the server did not start within 10 s"),
@@ -295,7 +273,8 @@ impl Server {
         }
     }
 
-    /// Stops the server; waits at most 10 s for a graceful end (every client should be gone).
+    /// Stops the server; waits at most 10 s for a graceful end (the server ends its own long-lived
+    /// streams on shutdown, and every client should be gone anyway).
     fn stop(mut self) -> Result<()> {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
@@ -471,8 +450,6 @@ struct Row {
     measure: Measure,
     env: Env,
     setup: String,
-    /// Whether the server's sockets had TCP_NODELAY; `None` for the in-process rows.
-    nodelay: Option<bool>,
     /// Transitions acknowledged, or windows received.
     amount: u64,
     seconds: f64,
@@ -504,11 +481,10 @@ struct IngestCase {
     /// Steps pre-built: the clock stops at `seconds` or when they are all acknowledged.
     budget_steps: usize,
     seconds: f64,
-    nodelay: bool,
 }
 
 async fn ingest(case: &IngestCase) -> Result<Row> {
-    let server = Server::start(case.env, 1_000_000, case.nodelay)?;
+    let server = Server::start(case.env, 1_000_000)?;
     let addr = server.addr;
     let synth = Arc::new(Synth::new(case.env, case.chunk_steps));
     let groups: Vec<Vec<pb::StreamId>> = match case.layout {
@@ -568,7 +544,6 @@ async fn ingest(case: &IngestCase) -> Result<Row> {
             case.in_flight,
             if rpcs > 1 { " per RPC" } else { "" }
         ),
-        nodelay: Some(case.nodelay),
         amount: steps,
         seconds: end.duration_since(start).as_secs_f64(),
         cpu,
@@ -643,7 +618,6 @@ async fn sample(server: &Server, env: Env, clients: usize, count: usize, seconds
             "{clients} client{}, {count} windows/call, W = 7",
             if clients == 1 { "" } else { "s (1 connection each)" }
         ),
-        nodelay: Some(server.nodelay),
         amount: windows,
         seconds: end.duration_since(start).as_secs_f64(),
         cpu: cpu_now() - cpu0,
@@ -694,7 +668,6 @@ fn in_process(env: Env, fill_steps: usize, rounds: usize, count: usize, seconds:
             thousands(fill_steps as f64),
             if rounds > 1 && fill_steps >= 1_000_000 { " (evicting after the first)" } else { "" }
         ),
-        nodelay: None,
         amount: steps,
         seconds: timed.as_secs_f64(),
         cpu: Cpu::default(),
@@ -716,7 +689,6 @@ fn in_process(env: Env, fill_steps: usize, rounds: usize, count: usize, seconds:
         measure: Measure::InProcessSample,
         env,
         setup: format!("{count} windows/call from {} stored steps, W = 7", thousands(shard.stats().size_steps as f64)),
-        nodelay: None,
         amount: windows,
         seconds: start.elapsed().as_secs_f64(),
         cpu: Cpu::default(),
@@ -740,7 +712,7 @@ struct Memory {
 fn memory_child(env: Env, steps: u64) -> Result<()> {
     let rt = client_runtime()?;
     rt.block_on(async {
-        let server = Server::start(env, steps.max(1_000), false)?;
+        let server = Server::start(env, steps.max(1_000))?;
         let addr = server.addr;
         let _ = stats(addr).await?; // the server has served once: its lazy state exists
         let (rss_before, _) = memory_kib()?;
@@ -836,31 +808,26 @@ fn commit() -> String {
 }
 
 fn print_report(rows: &[Row], memory: &[Memory], seconds: f64) {
-    // The naive baseline of the same env and the same server sockets; the in-process rows are set
-    // against the faster of the two.
-    let naive: HashMap<(&str, Option<bool>), f64> =
-        rows.iter().filter(|r| r.measure == Measure::Naive).map(|r| ((r.env.name(), r.nodelay), r.rate())).collect();
-    let naive_of = |r: &Row| match r.nodelay {
-        Some(_) => naive.get(&(r.env.name(), r.nodelay)).copied(),
-        None => [Some(true), Some(false)].iter().find_map(|&n| naive.get(&(r.env.name(), n)).copied()),
-    };
+    // The naive baseline of the same env, in the same run.
+    let naive: HashMap<&str, f64> =
+        rows.iter().filter(|r| r.measure == Measure::Naive).map(|r| (r.env.name(), r.rate())).collect();
+    let naive_of = |r: &Row| naive.get(r.env.name()).copied();
     println!();
     println!("machine: {}", machine());
     println!("commit:  {}", commit());
     println!("seconds per measurement: {seconds}");
     println!();
     println!(
-        "| measurement | env | server sockets | setup | amount | s | rate /s | vs naive | vs Reverb | vs goal | \
-         CPU server + client (cores) |"
+        "| measurement | env | setup | amount | s | rate /s | vs naive | vs Reverb | vs goal | CPU server + client (cores) |"
     );
-    println!("|---|---|---|---|---:|---:|---:|---:|---:|---:|---|");
+    println!("|---|---|---|---:|---:|---:|---:|---:|---:|---|");
     for r in rows {
         let (what, reverb, goal) = match r.measure {
-            Measure::Ingest => ("ingest, transitions/s", REVERB_SERVER_FPS, GOAL_INGEST),
-            Measure::Naive => ("naive baseline, transitions/s", REVERB_SERVER_FPS, GOAL_INGEST),
-            Measure::InProcessInsert => ("in-process validate + insert, transitions/s", REVERB_SERVER_FPS, GOAL_INGEST),
-            Measure::Sample => ("sample, windows/s", REVERB_CONSUMER_FPS, GOAL_SAMPLE),
-            Measure::InProcessSample => ("in-process Shard::sample, windows/s", REVERB_CONSUMER_FPS, GOAL_SAMPLE),
+            Measure::Ingest => ("ingest, transitions/s", REVERB_FPS, GOAL_INGEST),
+            Measure::Naive => ("naive baseline, transitions/s", REVERB_FPS, GOAL_INGEST),
+            Measure::InProcessInsert => ("in-process validate + insert, transitions/s", REVERB_FPS, GOAL_INGEST),
+            Measure::Sample => ("sample, windows/s", REVERB_FPS, GOAL_SAMPLE),
+            Measure::InProcessSample => ("in-process Shard::sample, windows/s", REVERB_FPS, GOAL_SAMPLE),
         };
         let vs_naive = match (r.measure, naive_of(r)) {
             (Measure::Ingest | Measure::Naive | Measure::InProcessInsert, Some(n)) => ratio(r.rate() / n),
@@ -871,13 +838,8 @@ fn print_report(rows: &[Row], memory: &[Memory], seconds: f64) {
             _ => format!("{:.2} + {:.2}", r.cpu.server / r.seconds, r.cpu.client / r.seconds),
         };
         let note = if r.note.is_empty() { String::new() } else { format!(" ({})", r.note) };
-        let sockets = match r.nodelay {
-            Some(false) => "as shipped",
-            Some(true) => "TCP_NODELAY",
-            None => "—",
-        };
         println!(
-            "| {what} | {} | {sockets} | {}{note} | {} | {:.3} | {} | {vs_naive} | {} | {} | {cpu} |",
+            "| {what} | {} | {}{note} | {} | {:.3} | {} | {vs_naive} | {} | {} | {cpu} |",
             r.env.name(),
             r.setup,
             thousands(r.amount as f64),
@@ -907,10 +869,9 @@ fn print_report(rows: &[Row], memory: &[Memory], seconds: f64) {
     }
     println!();
     println!(
-        "vs Reverb: ingest rows against {} frames/s (one server), sample rows against {} frames/s (one consumer's \
-         ceiling), as Reverb's users published them (google-deepmind/reverb#58); goals: {} transitions/s, {} windows/s.",
-        thousands(REVERB_SERVER_FPS),
-        thousands(REVERB_CONSUMER_FPS),
+        "vs Reverb: every row against {} frames/s, one Reverb server as a user measured it \
+         (google-deepmind/reverb#58); goals: {} transitions/s, {} windows/s.",
+        thousands(REVERB_FPS),
         thousands(GOAL_INGEST),
         thousands(GOAL_SAMPLE)
     );
@@ -941,11 +902,6 @@ fn run(cli: Cli) -> Result<()> {
     let fill_steps: usize = if cli.quick { 200_000 } else { 1_000_000 };
     let rounds = if cli.quick { 2 } else { 5 };
     let envs = [Env::Riab, Env::Pendulum];
-    let modes: &[bool] = match cli.server_sockets {
-        Sockets::Shipped => &[false],
-        Sockets::Nodelay => &[true],
-        Sockets::Both => &[false, true],
-    };
     let rt = client_runtime()?;
     let mut rows = Vec::new();
     let total = Instant::now();
@@ -961,61 +917,57 @@ fn run(cli: Cli) -> Result<()> {
         rows.push(row);
     };
 
-    for &nodelay in modes {
-        let mode = if nodelay { "nodelay" } else { "shipped" };
-        for env in envs {
-            let name = format!("{mode} naive {}", env.name());
-            if wanted(&cli.only, &name) {
-                eprintln!("{name}: 1-step chunks, one in flight");
-                let case = IngestCase {
-                    env,
-                    streams: 1,
-                    layout: Layout::OneRpc,
-                    chunk_steps: 1,
-                    in_flight: 1,
-                    budget_steps: (200_000.0 * seconds) as usize,
-                    seconds: seconds / 2.0,
-                    nodelay,
-                };
-                record(rt.block_on(ingest(&case))?);
-            }
+    for env in envs {
+        let name = format!("naive {}", env.name());
+        if wanted(&cli.only, &name) {
+            eprintln!("{name}: 1-step chunks, one in flight");
+            let case = IngestCase {
+                env,
+                streams: 1,
+                layout: Layout::OneRpc,
+                chunk_steps: 1,
+                in_flight: 1,
+                budget_steps: (200_000.0 * seconds) as usize,
+                seconds: seconds / 2.0,
+            };
+            record(rt.block_on(ingest(&case))?);
         }
-        for env in envs {
-            let mut cases: Vec<(usize, Layout)> = [1, 4, 16].map(|n| (n, Layout::RpcPerStream)).to_vec();
-            cases.push((16, Layout::OneRpc));
-            for (streams, layout) in cases {
-                let name = format!("{mode} ingest {} {streams}", env.name());
-                if !wanted(&cli.only, &name) {
-                    continue;
-                }
-                eprintln!("{name} streams ({layout:?})");
-                // Enough for 10× the goal, at most 1 GiB of payload; a faster run stops early and
-                // its rate still holds (the table marks it).
-                let budget = (10.0 * GOAL_INGEST * seconds).min(f64::from(1 << 30) / env.step_bytes() as f64);
-                let case = IngestCase {
-                    env,
-                    streams,
-                    layout,
-                    chunk_steps: CHUNK_STEPS,
-                    in_flight: IN_FLIGHT,
-                    budget_steps: budget as usize,
-                    seconds,
-                    nodelay,
-                };
-                record(rt.block_on(ingest(&case))?);
+    }
+    for env in envs {
+        let mut cases: Vec<(usize, Layout)> = [1, 4, 16].map(|n| (n, Layout::RpcPerStream)).to_vec();
+        cases.push((16, Layout::OneRpc));
+        for (streams, layout) in cases {
+            let rpcs = if layout == Layout::OneRpc { 1 } else { streams };
+            let name = format!("ingest {} {streams}/{rpcs}", env.name());
+            if !wanted(&cli.only, &name) {
+                continue;
             }
+            eprintln!("{name}: {streams} stream(s) over {rpcs} RPC(s)");
+            // Enough for 10× the goal, at most 1 GiB of payload; a faster run stops early and its
+            // rate still holds (the table marks it).
+            let budget = (10.0 * GOAL_INGEST * seconds).min(f64::from(1 << 30) / env.step_bytes() as f64);
+            let case = IngestCase {
+                env,
+                streams,
+                layout,
+                chunk_steps: CHUNK_STEPS,
+                in_flight: IN_FLIGHT,
+                budget_steps: budget as usize,
+                seconds,
+            };
+            record(rt.block_on(ingest(&case))?);
         }
-        for env in envs {
-            let name = format!("{mode} sample {}", env.name());
-            if wanted(&cli.only, &name) {
-                eprintln!("{name}: filling a shard with {} steps", thousands(fill_steps as f64));
-                let server = Server::start(env, 1_000_000, nodelay)?;
-                rt.block_on(fill(server.addr, env, fill_steps))?;
-                for (clients, count) in [(1, 256), (4, 256), (1, 1024), (4, 1024)] {
-                    record(rt.block_on(sample(&server, env, clients, count, seconds))?);
-                }
-                server.stop()?;
+    }
+    for env in envs {
+        let name = format!("sample {}", env.name());
+        if wanted(&cli.only, &name) {
+            eprintln!("{name}: filling a shard with {} steps", thousands(fill_steps as f64));
+            let server = Server::start(env, 1_000_000)?;
+            rt.block_on(fill(server.addr, env, fill_steps))?;
+            for (clients, count) in [(1, 256), (4, 256), (1, 1024), (4, 1024)] {
+                record(rt.block_on(sample(&server, env, clients, count, seconds))?);
             }
+            server.stop()?;
         }
     }
     for env in envs {
