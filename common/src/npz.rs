@@ -222,9 +222,9 @@ fn dict_field<'a>(header: &'a str, key: &str) -> Result<&'a str, NpzError> {
 
 #[derive(Debug, thiserror::Error)]
 pub enum NpzError {
-    #[error("{0}")]
+    #[error(transparent)]
     Io(#[from] std::io::Error),
-    #[error("{0}")]
+    #[error(transparent)]
     Zip(#[from] zip::result::ZipError),
     #[error("{0}")]
     Format(String),

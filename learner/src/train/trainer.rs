@@ -1,0 +1,233 @@
+//! One δ-model training run: the iteration of `dsm/train.py` and its checkpoints.
+//!
+//! Each iteration (`train_loop._loop_step`):
+//! 1. **D step** on its own batch: the discriminator φ *ascends* the loss L (its gradient is that
+//!    of −L). φ is applied to the online samples X, then to the targets Y, each time running one
+//!    power iteration and persisting the spectral-norm state, chained lhs → rhs.
+//! 2. **G step** on another batch: the generator descends L, through X only; φ runs its power
+//!    iteration but does not persist it (the thesis fork's `update_stats=True` fix of Q1 computes
+//!    it and discards the result, which is the same thing).
+//! 3. **Polyak**: θ⁻ ← τ·θ + (1 − τ)·θ⁻ after every G step, θ⁻ starting as a copy of θ.
+//!
+//! X = samples of the online generator at s₀; Y = the geometric-horizon Bellman target built from
+//! the window and the *target* generator at s_H (`loss/target.rs`). Both networks use Adam
+//! (6.25e-5, ε 1.5e-4, no clipping). The target network and everything that needs no gradient
+//! run on the inner (non-autodiff) backend.
+
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use burn::module::{AutodiffModule, Module};
+use burn::optim::adaptor::OptimizerAdaptor;
+use burn::optim::{Adam, AdamConfig, GradientsParams, Optimizer};
+use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder, Recorder};
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::{ElementConversion, Tensor, TensorData};
+
+use common::config::ConfigDoc;
+use common::rng::{self, StreamRng};
+
+use crate::config::LearnerConfig;
+use crate::loss::kernels::Kernel;
+use crate::loss::outer::{delta_loss, gamma_model_loss};
+use crate::loss::target::{build_target, sample_horizon_indices};
+use crate::model::discriminator::{Discriminator, DiscriminatorConfig};
+use crate::model::generator::{Generator, GeneratorConfig};
+use crate::train::dataset::{OfflineDataset, WindowBatch};
+
+type Recorder_ = NamedMpkFileRecorder<FullPrecisionSettings>;
+
+/// The loss values of one iteration.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct IterationLosses {
+    /// L on the D step's batch (before the sign flip).
+    pub discriminator: f64,
+    /// L on the G step's batch.
+    pub generator: f64,
+}
+
+/// Why a run stopped early.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error("non-finite loss ({value}) at iteration {iteration}, {phase} step; the last good checkpoint is kept")]
+    NonFinite { iteration: u64, phase: &'static str, value: f64 },
+}
+
+pub struct Trainer<B: AutodiffBackend> {
+    pub config: LearnerConfig,
+    /// The whole experiment document, saved with every checkpoint.
+    pub doc: ConfigDoc,
+    pub state_dim: usize,
+    device: B::Device,
+    generator: Generator<B>,
+    target: Generator<B::InnerBackend>,
+    discriminator: Discriminator<B>,
+    optim_g: OptimizerAdaptor<Adam, Generator<B>, B>,
+    optim_d: OptimizerAdaptor<Adam, Discriminator<B>, B>,
+    inner: Kernel,
+    outer: Kernel,
+    /// Iterations completed.
+    pub step: u64,
+    rng: StreamRng,
+    batch: WindowBatch,
+}
+
+impl<B: AutodiffBackend> Trainer<B> {
+    /// A fresh model for states of `state_dim` floats, seeded from the experiment seed.
+    pub fn new(config: LearnerConfig, doc: ConfigDoc, state_dim: usize, device: B::Device) -> Trainer<B> {
+        let m = &config.model;
+        let seed = rng::derive_seed(config.seed, &["learner".into(), "init".into()]);
+        B::seed(&device, seed);
+        let generator = GeneratorConfig::new(m.num_outer, m.latent_dims, state_dim, m.generator_hidden)
+            .with_layers(m.generator_layers)
+            .init::<B>(&device, rng::derive_seed(config.seed, &["learner".into(), "generator".into()]));
+        let discriminator = DiscriminatorConfig::new(state_dim, m.discriminator_hidden)
+            .with_embedding_dim(m.embedding_dim)
+            .init::<B>(&device, rng::derive_seed(config.seed, &["learner".into(), "discriminator".into()]));
+        let target = generator.valid();
+        let adam = || AdamConfig::new().with_beta_1(0.9).with_beta_2(0.999).with_epsilon(config.train.adam_eps as f32);
+        Trainer {
+            inner: Kernel::RationalQuadratic(m.inner_bandwidths.clone()),
+            outer: Kernel::InverseMultiQuadric(vec![1.0]),
+            state_dim,
+            device,
+            generator,
+            target,
+            discriminator,
+            optim_g: adam().init(),
+            optim_d: adam().init(),
+            step: 0,
+            rng: rng::stream(config.seed, &["learner".into(), "data".into(), 0u64.into()]),
+            batch: WindowBatch::default(),
+            config,
+            doc,
+        }
+    }
+
+    fn loss<BB: burn::tensor::backend::Backend>(&self, xe: Tensor<BB, 4>, ye: Tensor<BB, 4>) -> Tensor<BB, 1> {
+        if self.config.model.distributional {
+            delta_loss(xe, ye, &self.inner, &self.outer)
+        } else {
+            gamma_model_loss(xe, ye, &self.inner)
+        }
+    }
+
+    /// Samples a batch and returns, on the inner backend, its source states s₀ and the Bellman
+    /// target Y built from the window and the target generator at s_H.
+    fn batch_and_target(&mut self, data: &OfflineDataset) -> (Tensor<B::InnerBackend, 2>, Tensor<B::InnerBackend, 4>) {
+        let m = &self.config.model;
+        let (b, h, s) = (self.config.train.batch_size, m.horizon, self.state_dim);
+        data.sample_windows(&mut self.rng, b, h, &mut self.batch);
+        let device = self.device.clone();
+        let obs = Tensor::<B::InnerBackend, 3>::from_data(
+            TensorData::new(self.batch.observations.clone(), [b, h + 1, s]),
+            &device,
+        );
+        let s0 = obs.clone().slice([0..b, 0..1, 0..s]).reshape([b, s]);
+        let sh = obs.clone().slice([0..b, h..h + 1, 0..s]).reshape([b, s]);
+        let bootstrap = self.target.sample(sh, m.num_inner);
+        let indices =
+            sample_horizon_indices(&mut self.rng, m.gamma, h, &self.batch.step_types, b, m.num_outer, m.num_inner);
+        let y = build_target(obs, &self.batch.step_types, bootstrap, &indices, m.bootstrap);
+        (s0, y)
+    }
+
+    pub fn generator(&self) -> &Generator<B> {
+        &self.generator
+    }
+
+    pub fn target(&self) -> &Generator<B::InnerBackend> {
+        &self.target
+    }
+
+    pub fn discriminator(&self) -> &Discriminator<B> {
+        &self.discriminator
+    }
+
+    /// One iteration: D step, G step, Polyak.
+    pub fn iteration(&mut self, data: &OfflineDataset) -> Result<IterationLosses, TrainError> {
+        let iteration = self.step + 1;
+        let (lr, tau, num_inner) =
+            (self.config.train.learning_rate, self.config.train.target_update, self.config.model.num_inner);
+
+        // D step: X and Y are constants for φ.
+        let online = self.generator.valid();
+        let (s0, y) = self.batch_and_target(data);
+        let x = online.sample(s0, num_inner);
+        let xe = self.discriminator.embed(Tensor::from_inner(x), true);
+        let ye = self.discriminator.embed(Tensor::from_inner(y), true);
+        let loss = self.loss(xe, ye);
+        let d_value: f64 = loss.clone().into_scalar().elem();
+        if !d_value.is_finite() {
+            return Err(TrainError::NonFinite { iteration, phase: "discriminator", value: d_value });
+        }
+        let grads = loss.neg().backward();
+        let grads = GradientsParams::from_grads(grads, &self.discriminator);
+        self.discriminator = self.optim_d.step(lr, self.discriminator.clone(), grads);
+
+        // G step: gradients through X only.
+        let (s0, y) = self.batch_and_target(data);
+        let x = self.generator.sample(Tensor::from_inner(s0), num_inner);
+        let xe = self.discriminator.embed(x, false);
+        let ye = self.discriminator.embed(Tensor::from_inner(y), false);
+        let loss = self.loss(xe, ye);
+        let g_value: f64 = loss.clone().into_scalar().elem();
+        if !g_value.is_finite() {
+            return Err(TrainError::NonFinite { iteration, phase: "generator", value: g_value });
+        }
+        let grads = GradientsParams::from_grads(loss.backward(), &self.generator);
+        self.generator = self.optim_g.step(lr, self.generator.clone(), grads);
+
+        // Polyak average of the target generator.
+        self.target = self.target.clone().polyak_update(&self.generator.valid(), tau);
+        self.step = iteration;
+        Ok(IterationLosses { discriminator: d_value, generator: g_value })
+    }
+
+    /// Writes checkpoint `self.step` under `dir` (the caller commits it with a DONE marker).
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        let recorder = Recorder_::new();
+        self.generator.clone().save_file(dir.join("generator"), &recorder).context("saving the generator")?;
+        self.target.clone().save_file(dir.join("target"), &recorder).context("saving the target generator")?;
+        self.discriminator
+            .clone()
+            .save_file(dir.join("discriminator"), &recorder)
+            .context("saving the discriminator")?;
+        Recorder::<B>::record(&recorder, self.optim_g.to_record(), dir.join("optim_generator"))
+            .context("saving the generator's optimiser")?;
+        Recorder::<B>::record(&recorder, self.optim_d.to_record(), dir.join("optim_discriminator"))
+            .context("saving the discriminator's optimiser")?;
+        std::fs::write(dir.join("config.toml"), self.doc.to_toml())?;
+        let state = serde_json::json!({ "format_version": 1, "step": self.step, "state_dim": self.state_dim });
+        std::fs::write(dir.join("state.json"), state.to_string())?;
+        Ok(())
+    }
+
+    /// Loads every part of a checkpoint written by [`Trainer::save`] into this trainer.
+    pub fn load(&mut self, dir: &Path) -> Result<()> {
+        let recorder = Recorder_::new();
+        let state: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("state.json")).context("reading state.json")?)?;
+        let step = state["step"].as_u64().context("state.json: step")?;
+        let state_dim = state["state_dim"].as_u64().context("state.json: state_dim")? as usize;
+        if state_dim != self.state_dim {
+            bail!(
+                "checkpoint {} is for states of {state_dim} floats, the dataset has {}",
+                dir.display(),
+                self.state_dim
+            );
+        }
+        let device = self.device.clone();
+        self.generator = self.generator.clone().load_file(dir.join("generator"), &recorder, &device)?;
+        self.target = self.target.clone().load_file(dir.join("target"), &recorder, &device)?;
+        self.discriminator = self.discriminator.clone().load_file(dir.join("discriminator"), &recorder, &device)?;
+        let g = Recorder::<B>::load(&recorder, dir.join("optim_generator"), &device)?;
+        self.optim_g = self.optim_g.clone().load_record(g);
+        let d = Recorder::<B>::load(&recorder, dir.join("optim_discriminator"), &device)?;
+        self.optim_d = self.optim_d.clone().load_record(d);
+        self.step = step;
+        // A resumed run draws its batches from a stream named by its starting step.
+        self.rng = rng::stream(self.config.seed, &["learner".into(), "data".into(), step.into()]);
+        Ok(())
+    }
+}
