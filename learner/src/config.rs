@@ -80,6 +80,10 @@ pub struct TrainConfig {
     pub keep_checkpoints: usize,
     /// Iterations between log lines when stderr is not a terminal.
     pub log_every: u64,
+    /// Batch rows per forward/backward pass (0: the whole batch at once). The loss is a mean of
+    /// independent per-row terms, so accumulating the gradients of row chunks gives the same
+    /// gradient with a fraction of the memory; the Pendulum sizes need it on a CPU.
+    pub batch_chunk: usize,
 }
 
 impl Default for TrainConfig {
@@ -93,6 +97,7 @@ impl Default for TrainConfig {
             checkpoint_every: 10_000,
             keep_checkpoints: 3,
             log_every: 1_000,
+            batch_chunk: 0,
         }
     }
 }

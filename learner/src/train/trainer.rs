@@ -19,7 +19,7 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use burn::module::{AutodiffModule, Module};
 use burn::optim::adaptor::OptimizerAdaptor;
-use burn::optim::{Adam, AdamConfig, GradientsParams, Optimizer};
+use burn::optim::{Adam, AdamConfig, GradientsAccumulator, GradientsParams, Optimizer};
 use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder, Recorder};
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{ElementConversion, Tensor, TensorData};
@@ -144,39 +144,71 @@ impl<B: AutodiffBackend> Trainer<B> {
         &self.discriminator
     }
 
+    /// The row ranges of one batch, `train.batch_chunk` rows each.
+    fn chunks(&self) -> Vec<std::ops::Range<usize>> {
+        let b = self.config.train.batch_size;
+        let c = match self.config.train.batch_chunk {
+            0 => b,
+            c => c.min(b),
+        };
+        (0..b).step_by(c).map(|r| r..(r + c).min(b)).collect()
+    }
+
     /// One iteration: D step, G step, Polyak.
+    ///
+    /// With `train.batch_chunk` set, each step runs one forward/backward pass per chunk of rows,
+    /// each loss weighted by its share of the batch, and applies the accumulated gradient once:
+    /// the same gradient, since the loss is a mean over independent rows. The spectral-norm state
+    /// is advanced by the first chunk only (lhs then rhs, as without chunks); later chunks read
+    /// the advanced `u` without persisting, a deviation only in which `u` the power iteration
+    /// starts from.
     pub fn iteration(&mut self, data: &OfflineDataset) -> Result<IterationLosses, TrainError> {
         let iteration = self.step + 1;
         let (lr, tau, num_inner) =
             (self.config.train.learning_rate, self.config.train.target_update, self.config.model.num_inner);
+        let (b, s) = (self.config.train.batch_size, self.state_dim);
+        let chunks = self.chunks();
 
         // D step: X and Y are constants for φ.
         let online = self.generator.valid();
         let (s0, y) = self.batch_and_target(data);
         let x = online.sample(s0, num_inner);
-        let xe = self.discriminator.embed(Tensor::from_inner(x), true);
-        let ye = self.discriminator.embed(Tensor::from_inner(y), true);
-        let loss = self.loss(xe, ye);
-        let d_value: f64 = loss.clone().into_scalar().elem();
+        let mut accumulator = GradientsAccumulator::<Discriminator<B>>::new();
+        let mut d_value = 0.0;
+        for (k, rows) in chunks.iter().enumerate() {
+            let weight = rows.len() as f64 / b as f64;
+            let (xc, yc) = (x.clone().slice(rows.clone()), y.clone().slice(rows.clone()));
+            let xe = self.discriminator.embed(Tensor::from_inner(xc), k == 0);
+            let ye = self.discriminator.embed(Tensor::from_inner(yc), k == 0);
+            let loss = self.loss(xe, ye).mul_scalar(weight);
+            d_value += loss.clone().into_scalar().elem::<f64>();
+            let grads = GradientsParams::from_grads(loss.neg().backward(), &self.discriminator);
+            accumulator.accumulate(&self.discriminator, grads);
+        }
         if !d_value.is_finite() {
             return Err(TrainError::NonFinite { iteration, phase: "discriminator", value: d_value });
         }
-        let grads = loss.neg().backward();
-        let grads = GradientsParams::from_grads(grads, &self.discriminator);
-        self.discriminator = self.optim_d.step(lr, self.discriminator.clone(), grads);
+        self.discriminator = self.optim_d.step(lr, self.discriminator.clone(), accumulator.grads());
 
         // G step: gradients through X only.
         let (s0, y) = self.batch_and_target(data);
-        let x = self.generator.sample(Tensor::from_inner(s0), num_inner);
-        let xe = self.discriminator.embed(x, false);
-        let ye = self.discriminator.embed(Tensor::from_inner(y), false);
-        let loss = self.loss(xe, ye);
-        let g_value: f64 = loss.clone().into_scalar().elem();
+        let mut accumulator = GradientsAccumulator::<Generator<B>>::new();
+        let mut g_value = 0.0;
+        for rows in &chunks {
+            let weight = rows.len() as f64 / b as f64;
+            let s0c = Tensor::from_inner(s0.clone().slice([rows.clone(), 0..s]));
+            let x = self.generator.sample(s0c, num_inner);
+            let xe = self.discriminator.embed(x, false);
+            let ye = self.discriminator.embed(Tensor::from_inner(y.clone().slice(rows.clone())), false);
+            let loss = self.loss(xe, ye).mul_scalar(weight);
+            g_value += loss.clone().into_scalar().elem::<f64>();
+            let grads = GradientsParams::from_grads(loss.backward(), &self.generator);
+            accumulator.accumulate(&self.generator, grads);
+        }
         if !g_value.is_finite() {
             return Err(TrainError::NonFinite { iteration, phase: "generator", value: g_value });
         }
-        let grads = GradientsParams::from_grads(loss.backward(), &self.generator);
-        self.generator = self.optim_g.step(lr, self.generator.clone(), grads);
+        self.generator = self.optim_g.step(lr, self.generator.clone(), accumulator.grads());
 
         // Polyak average of the target generator.
         self.target = self.target.clone().polyak_update(&self.generator.valid(), tau);
