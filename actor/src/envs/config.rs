@@ -23,13 +23,24 @@ pub enum EnvId {
     RiabHighTh,
     /// Random foraging with a wall from (0.4, 0) to (0.4, 0.9), thigmotaxis 0.2 (thesis "walls").
     RiabWalls,
+    /// A cubic spline through uniform random points, 12,000 per 1200 s (thesis "teleport").
+    RiabTeleport,
+    /// Goal seeking at (0.5, 0.5) under a learned actor–critic drift policy, dt 0.1 (thesis "goal").
+    RiabGoal,
     /// gymnasium Pendulum-v1 under a noisy energy-shaping swing-up controller.
     Pendulum,
 }
 
 impl EnvId {
-    pub const ALL: [EnvId; 5] =
-        [EnvId::RiabRandom, EnvId::RiabLowTh, EnvId::RiabHighTh, EnvId::RiabWalls, EnvId::Pendulum];
+    pub const ALL: [EnvId; 7] = [
+        EnvId::RiabRandom,
+        EnvId::RiabLowTh,
+        EnvId::RiabHighTh,
+        EnvId::RiabWalls,
+        EnvId::RiabTeleport,
+        EnvId::RiabGoal,
+        EnvId::Pendulum,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -37,6 +48,8 @@ impl EnvId {
             EnvId::RiabLowTh => "riab-lowth",
             EnvId::RiabHighTh => "riab-highth",
             EnvId::RiabWalls => "riab-walls",
+            EnvId::RiabTeleport => "riab-teleport",
+            EnvId::RiabGoal => "riab-goal",
             EnvId::Pendulum => "pendulum",
         }
     }
@@ -146,6 +159,78 @@ pub struct CellsConfig {
     pub noise_coherence_time: f64,
 }
 
+/// How `riab-teleport` moves the agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TeleportMode {
+    /// RatInABox's `import_trajectory`: a not-a-knot cubic spline through uniform random points.
+    Spline,
+    /// A fresh uniform position every step: true i.i.d. jumps.
+    Iid,
+}
+
+/// `[env.teleport]`: the thesis's "teleport" motion (`ratinabox-spec.md` §4.2), which replaces
+/// the random walk.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TeleportConfig {
+    pub mode: TeleportMode,
+    /// Random points per block, at `np.linspace(0, period, points)` (spline mode; at least 4).
+    pub points: usize,
+    /// Seconds one block of points spans; a new block starts every `period` seconds.
+    pub period: f64,
+    /// Repeat the first block for ever, as the thesis's `t % t_max` looped its one trajectory,
+    /// instead of drawing a new block every period.
+    #[serde(rename = "loop")]
+    pub repeat: bool,
+}
+
+/// `[env.goal.policy]`: the continuous-time actor–critic that drives `riab-goal` (RatInABox's
+/// `demos/actor_critic_example.ipynb`, as `dsm-hippocampus` `actor_critic_rat.py` uses it).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GoalPolicyConfig {
+    /// Hidden width of the actor MLP (place-cell rates → hidden (ReLU) → 2).
+    pub actor_hidden: usize,
+    /// Hidden widths of the critic MLP (rates → … → 1).
+    pub critic_hidden: Vec<usize>,
+    /// The actor's mean action is `action_scale · tanh(·)` (m/s).
+    pub action_scale: f64,
+    /// Std of the Gaussian exploration noise on each action component (m/s).
+    pub action_noise_std: f64,
+    /// τ of the TD error `δ = r + dV/dt − V/τ` (s).
+    pub td_tau: f64,
+    /// Time constant of the eligibility traces (s).
+    pub trace_tau: f64,
+    /// SGD learning rate of actor and critic.
+    pub learning_rate: f64,
+    /// Training stops after this many episodes at most.
+    pub max_episodes: usize,
+    /// An episode that has not reached the goal after this long (s) fails.
+    pub episode_timeout: f64,
+    /// Training stops when more than `success_rate` of the last `success_window` episodes succeed.
+    pub success_window: usize,
+    pub success_rate: f64,
+}
+
+/// `[env.goal]`: `riab-goal`'s task (`SpatialGoalEnvironment` of the thesis recipe).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GoalConfig {
+    /// Centre of the goal (m).
+    pub position: [f64; 2],
+    /// The goal is reached within this distance of its centre (m).
+    pub radius: f64,
+    /// Reward per step while the reward is active.
+    pub reward: f64,
+    /// The reward stays on this long after the goal is reached (s; `Reward(expire_clock=1)`).
+    pub reward_duration: f64,
+    /// The episode ends this long after the goal is reached, and the agent is teleported to a
+    /// uniform random position (s; `episode_terminate_delay`).
+    pub reset_delay: f64,
+    pub policy: GoalPolicyConfig,
+}
+
 /// `[env]` for the RatInABox family: the `Agent` parameters plus the arena and the cells.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -167,6 +252,12 @@ pub struct RiabConfig {
     pub wall_repel_strength: f64,
     pub arena: ArenaConfig,
     pub cells: CellsConfig,
+    /// `riab-teleport` only: teleport motion instead of the random walk.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub teleport: Option<TeleportConfig>,
+    /// `riab-goal` only: the goal task and its learned drift policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub goal: Option<GoalConfig>,
 }
 
 /// `[env.policy]` for Pendulum: the data policy.
@@ -234,10 +325,40 @@ impl EnvConfig {
                     EnvId::RiabLowTh => (0.0, vec![]),
                     EnvId::RiabHighTh => (1.0, vec![]),
                     EnvId::RiabWalls => (0.2, vec![[[0.4, 0.0], [0.4, 0.9]]]),
+                    // The teleport and goal scripts leave the Agent's defaults (thigmotaxis 0.5);
+                    // teleport motion never reads it.
+                    EnvId::RiabTeleport | EnvId::RiabGoal => (0.5, vec![]),
                     _ => (0.2, vec![]),
                 };
+                let teleport = (id == EnvId::RiabTeleport).then_some(TeleportConfig {
+                    mode: TeleportMode::Spline,
+                    points: 12_000,
+                    period: 1200.0,
+                    repeat: false,
+                });
+                let goal = (id == EnvId::RiabGoal).then(|| GoalConfig {
+                    position: [0.5, 0.5],
+                    radius: 0.1,
+                    reward: 1.0,
+                    reward_duration: 1.0,
+                    reset_delay: 1.0,
+                    policy: GoalPolicyConfig {
+                        actor_hidden: 50,
+                        critic_hidden: vec![20, 20],
+                        action_scale: 0.5,
+                        action_noise_std: 0.1,
+                        td_tau: 5.0,
+                        trace_tau: 5.0,
+                        learning_rate: 0.01,
+                        max_episodes: 5000,
+                        episode_timeout: 15.0,
+                        success_window: 50,
+                        success_rate: 0.99,
+                    },
+                });
+                let dt = if id == EnvId::RiabGoal { 0.1 } else { 0.05 };
                 EnvConfig::Riab(RiabConfig {
-                    dt: 0.05,
+                    dt,
                     thigmotaxis,
                     speed_mean: 0.08,
                     speed_std: 0.08,
@@ -265,6 +386,8 @@ impl EnvConfig {
                         noise_std: 0.0,
                         noise_coherence_time: 0.5,
                     },
+                    teleport,
+                    goal,
                 })
             }
         }
@@ -279,7 +402,16 @@ impl EnvConfig {
             EnvConfig::Riab(_) => EnvConfig::Riab(typed("env", table)?),
             EnvConfig::Pendulum(_) => EnvConfig::Pendulum(typed("env", table)?),
         };
-        config.validate().map_err(|message| ConfigError::Invalid { section: "env".into(), message })?;
+        let invalid = |message| ConfigError::Invalid { section: "env".into(), message };
+        if let EnvConfig::Riab(c) = &config {
+            if c.teleport.is_some() && id != EnvId::RiabTeleport {
+                return Err(invalid(format!("env.teleport belongs to riab-teleport, not {id}")));
+            }
+            if c.goal.is_some() && id != EnvId::RiabGoal {
+                return Err(invalid(format!("env.goal belongs to riab-goal, not {id}")));
+            }
+        }
+        config.validate().map_err(invalid)?;
         Ok(config)
     }
 
@@ -398,6 +530,46 @@ impl EnvConfig {
                 for (i, w) in c.arena.walls.iter().enumerate() {
                     if w.iter().flatten().any(|v| !v.is_finite()) || w[0] == w[1] {
                         return Err(format!("env.arena.walls[{i}] must join two distinct finite points"));
+                    }
+                }
+                if let Some(t) = &c.teleport {
+                    positive("teleport.period", t.period)?;
+                    if t.mode == TeleportMode::Spline && t.points < 4 {
+                        return Err(format!(
+                            "env.teleport.points must be at least 4 for a not-a-knot spline, got {}",
+                            t.points
+                        ));
+                    }
+                }
+                if let Some(g) = &c.goal {
+                    if g.position.iter().any(|v| !v.is_finite()) {
+                        return Err("env.goal.position must be finite".into());
+                    }
+                    positive("goal.radius", g.radius)?;
+                    if !g.reward.is_finite() {
+                        return Err("env.goal.reward must be finite".into());
+                    }
+                    non_negative("goal.reward_duration", g.reward_duration)?;
+                    non_negative("goal.reset_delay", g.reset_delay)?;
+                    let p = &g.policy;
+                    for (k, v) in [
+                        ("goal.policy.action_scale", p.action_scale),
+                        ("goal.policy.td_tau", p.td_tau),
+                        ("goal.policy.trace_tau", p.trace_tau),
+                        ("goal.policy.learning_rate", p.learning_rate),
+                        ("goal.policy.episode_timeout", p.episode_timeout),
+                    ] {
+                        positive(k, v)?;
+                    }
+                    non_negative("goal.policy.action_noise_std", p.action_noise_std)?;
+                    if p.actor_hidden == 0 || p.critic_hidden.contains(&0) {
+                        return Err("env.goal.policy.actor_hidden and critic_hidden widths must be at least 1".into());
+                    }
+                    if p.max_episodes == 0 || p.success_window == 0 {
+                        return Err("env.goal.policy.max_episodes and success_window must be at least 1".into());
+                    }
+                    if !(p.success_rate > 0.0 && p.success_rate <= 1.0) {
+                        return Err(format!("env.goal.policy.success_rate must be in (0, 1], got {}", p.success_rate));
                     }
                 }
                 if let Some(b) = &c.arena.boundary {

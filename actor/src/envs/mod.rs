@@ -6,6 +6,7 @@
 //! - [`normal`]: Φ, Φ⁻¹ and the Rayleigh ↔ normal speed transform;
 //! - [`motion`]: RatInABox's `Agent` for E agents (structure of arrays);
 //! - [`place_cells`]: RatInABox's `PlaceCells`;
+//! - [`teleport`]: the teleport motion of `riab-teleport` (a not-a-knot spline or i.i.d. jumps);
 //! - [`riab`]: arena + agents + cells as one vectorised env;
 //! - [`pendulum`]: gymnasium Pendulum-v1 with its data policy.
 //!
@@ -20,6 +21,7 @@ pub mod normal;
 pub mod pendulum;
 pub mod place_cells;
 pub mod riab;
+pub mod teleport;
 
 pub use config::{EnvConfig, EnvId};
 

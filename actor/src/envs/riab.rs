@@ -12,7 +12,18 @@ use super::config::RiabConfig;
 use super::geometry::Vec2;
 use super::motion::{Agents, MotionParams};
 use super::place_cells::PlaceCells;
+use super::teleport::Teleport;
 use super::{Frame, StepType};
+
+/// What moves the agents.
+// One per env, so boxing the larger variant would buy nothing.
+#[allow(clippy::large_enum_variant)]
+enum Motion {
+    /// RatInABox's random walk (optionally under a caller's drift).
+    Walk,
+    /// `riab-teleport`: positions from the teleport path; the random walk is not stepped.
+    Teleport(Teleport),
+}
 
 pub struct RiabEnv {
     arena: Arena,
@@ -20,6 +31,7 @@ pub struct RiabEnv {
     params: MotionParams,
     agents: Agents,
     rngs: Vec<StreamRng>,
+    motion: Motion,
     /// Per-env OU noise of the rates, E × n (empty without noise).
     noise: Vec<f64>,
     /// One env's rates, reused every step.
@@ -39,7 +51,11 @@ impl RiabEnv {
         let agents = Agents::new(&arena, &params, &mut rngs);
         let noise = if cells.has_noise() { vec![0.0; num_envs * cells.len()] } else { Vec::new() };
         let scratch = vec![0.0; cells.len()];
-        RiabEnv { arena, cells, params, agents, rngs, noise, scratch, started: false }
+        let motion = match &config.teleport {
+            Some(t) => Motion::Teleport(Teleport::new(t, config.dt, num_envs)),
+            None => Motion::Walk,
+        };
+        RiabEnv { arena, cells, params, agents, rngs, motion, noise, scratch, started: false }
     }
 
     pub fn num_envs(&self) -> usize {
@@ -69,7 +85,20 @@ impl RiabEnv {
     /// Advances every agent one step (optionally under drift-velocity control) and writes the
     /// rates, positions and step types of the new row into `frame`.
     pub fn step(&mut self, frame: &mut Frame, drift: Option<&[Vec2]>) {
-        self.agents.step(&self.arena, &self.params, &mut self.rngs, drift);
+        match &mut self.motion {
+            Motion::Walk => self.agents.step(&self.arena, &self.params, &mut self.rngs, drift),
+            Motion::Teleport(t) => {
+                for (e, rng) in self.rngs.iter_mut().enumerate() {
+                    let p = t.next_position(e, &self.arena, rng);
+                    // As `_measure_velocity_of_step_taken(overwrite_velocity=True)`.
+                    let v = (p - self.agents.pos[e]) / self.params.dt;
+                    self.agents.pos[e] = p;
+                    self.agents.vel[e] = v;
+                    self.agents.measured_vel[e] = v;
+                }
+                t.advance();
+            }
+        }
         let n = self.cells.len();
         let step_type = if self.started { StepType::Mid } else { StepType::First };
         self.started = true;
