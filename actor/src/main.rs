@@ -8,6 +8,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
 use actor::envs::{EnvConfig, EnvId};
+use actor::goal_policy;
 use actor::simulate::SimulateSpec;
 use actor::stream::run::{run, ActorOptions};
 use common::config::ConfigDoc;
@@ -36,8 +37,9 @@ enum Command {
 /// Streaming into the replay shards (no subcommand).
 #[derive(Debug, clap::Args)]
 struct StreamArgs {
-    /// Env id: riab-random, riab-lowth, riab-highth, riab-walls or pendulum. It must match the
-    /// coordinator's experiment (the first actor fixes it when the coordinator has no config).
+    /// Env id: riab-random, riab-lowth, riab-highth, riab-walls, riab-teleport, riab-goal or
+    /// pendulum. It must match the coordinator's experiment (the first actor fixes it when the
+    /// coordinator has no config).
     #[arg(long)]
     env: Option<String>,
     /// The coordinator's HOST:PORT.
@@ -61,12 +63,16 @@ struct StreamArgs {
     /// Stop after this many steps per env (default: run until SIGTERM).
     #[arg(long)]
     max_steps: Option<u64>,
+    /// Working directory: `riab-goal`'s trained policy is cached in DIR/policies/ (every actor of
+    /// an experiment trains, or loads, the same one).
+    #[arg(long, default_value = "dsm-work")]
+    workdir: PathBuf,
 }
 
 #[derive(Debug, clap::Args)]
 struct SimulateArgs {
-    /// Env id: riab-random, riab-lowth, riab-highth, riab-walls or pendulum. May be omitted when
-    /// the config file sets `experiment.env`.
+    /// Env id: riab-random, riab-lowth, riab-highth, riab-walls, riab-teleport, riab-goal or
+    /// pendulum. May be omitted when the config file sets `experiment.env`.
     #[arg(long)]
     env: Option<String>,
     /// Rows per stream (N). At dt = 0.05 s, 24000 rows are 20 simulated minutes.
@@ -92,6 +98,10 @@ struct SimulateArgs {
     /// Output archive (.npz).
     #[arg(long)]
     out: PathBuf,
+    /// Working directory: `riab-goal` trains its policy once (seconds) and caches it in
+    /// DIR/policies/, keyed by the env config and seed; later runs load it.
+    #[arg(long, default_value = "dsm-work")]
+    workdir: PathBuf,
 }
 
 fn main() -> ExitCode {
@@ -131,6 +141,7 @@ fn stream(args: StreamArgs) -> Result<()> {
         drain: Duration::from_secs_f64(args.drain_seconds),
         connect_timeout: Duration::from_secs_f64(args.connect_timeout_seconds),
         max_steps: args.max_steps,
+        workdir: args.workdir.clone(),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
@@ -196,8 +207,15 @@ fn simulate(args: SimulateArgs) -> Result<()> {
         actor_id: args.actor_id,
         num_envs: args.envs,
         steps: args.steps,
+        policy: None,
     };
     spec.check()?;
+    let mut spec = spec;
+    spec.policy = goal_policy::for_env(&spec.config, spec.seed, &args.workdir, goal_policy::log_event)
+        .with_context(|| format!("the riab-goal policy (--workdir {})", args.workdir.display()))?;
+    if let Some((_, report)) = &spec.policy {
+        eprintln!("{}", report.summary());
+    }
     eprintln!(
         "simulating {} × {} steps of {} (seed {}, {:.1} MiB)",
         spec.num_envs,

@@ -9,15 +9,19 @@
 //!
 //! A RatInABox stream is one episode; its last row is marked LAST, as the thesis's RANDOM,
 //! highTH and walls scripts do (its lowTH and teleport scripts left it MID; one row in 24,000).
-//! Pendulum rows keep the env's own episode boundaries.
+//! Pendulum and `riab-goal` rows keep the env's own episode boundaries; `riab-goal` records with
+//! its frozen policy ([`SimulateSpec::policy`], from `crate::goal_policy`), and `meta` then says
+//! how that policy was trained.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use common::npz::{write_npz, NpyArray};
 
-use crate::envs::{EnvConfig, EnvId, StepType, VecEnv};
+use crate::envs::{EnvConfig, EnvId, GoalPolicy, StepType, VecEnv};
+use crate::goal_policy::PolicyReport;
 
 /// The format version written into `meta`.
 pub const FORMAT_VERSION: u32 = 1;
@@ -34,6 +38,8 @@ pub struct SimulateSpec {
     pub actor_id: u64,
     pub num_envs: usize,
     pub steps: usize,
+    /// `riab-goal`'s trained policy and how it was obtained (required for it, refused otherwise).
+    pub policy: Option<(Arc<GoalPolicy>, PolicyReport)>,
 }
 
 /// A simulated dataset, arrays laid out as in the archive.
@@ -55,8 +61,7 @@ pub struct Dataset {
 impl SimulateSpec {
     /// Bytes the dataset will occupy in memory.
     pub fn bytes(&self) -> u64 {
-        let env = VecEnv::new(&self.config, self.seed, self.actor_id, 1);
-        let s = env.shape();
+        let s = VecEnv::shape_of(&self.config);
         let per_row =
             (s.obs_dim + 2 * usize::from(s.has_positions) + s.action_dim + usize::from(s.has_rewards)) * 4 + 1;
         per_row as u64 * self.steps as u64 * self.num_envs as u64
@@ -84,7 +89,8 @@ impl SimulateSpec {
     pub fn run(&self, mut progress: impl FnMut(usize)) -> Result<Dataset> {
         self.check()?;
         let (e_n, n) = (self.num_envs, self.steps);
-        let mut env = VecEnv::new(&self.config, self.seed, self.actor_id, e_n);
+        let policy = self.policy.as_ref().map(|(p, _)| p.clone());
+        let mut env = VecEnv::new(&self.config, self.seed, self.actor_id, e_n, policy)?;
         let shape = env.shape();
         let s = shape.obs_dim;
         let a = shape.action_dim;
@@ -116,7 +122,7 @@ impl SimulateSpec {
                 last_report = Instant::now();
             }
         }
-        if let VecEnv::Riab(_) = env {
+        if !env.has_episodes() {
             for e in 0..e_n {
                 types[e * n + n - 1] = StepType::Last as u8;
             }
@@ -133,7 +139,7 @@ impl SimulateSpec {
             EnvConfig::Pendulum(c) => serde_json::to_value(c),
         }
         .context("serialising the env config")?;
-        let meta = serde_json::json!({
+        let mut meta = serde_json::json!({
             "format_version": FORMAT_VERSION,
             "env": self.env.as_str(),
             "dt": self.config.dt(),
@@ -145,6 +151,16 @@ impl SimulateSpec {
             "env_config": config_json,
             "producer": format!("actor simulate {}", env!("CARGO_PKG_VERSION")),
         });
+        if let Some((_, r)) = &self.policy {
+            meta["goal_policy"] = serde_json::json!({
+                "cache_file": r.path.file_name().map(|f| f.to_string_lossy().into_owned()),
+                "episodes": r.episodes,
+                "success_rate": r.success_rate,
+                "window": r.window,
+                "converged": r.converged,
+                "train_seconds": r.train_seconds,
+            });
+        }
         Ok(Dataset {
             num_envs: e_n,
             steps: n,

@@ -40,7 +40,14 @@ pub struct Membership {
 
 impl Membership {
     pub fn new(lease: Duration) -> Self {
-        Self { lease, next_id: 1, nodes: BTreeMap::new() }
+        Self::with_first_id(lease, 1)
+    }
+
+    /// Ids start at `first`. A coordinator starts from a random point, so that after a restart a
+    /// node's old id is unknown (its heartbeat gets NOT_FOUND and it registers again) instead of
+    /// silently naming another node.
+    pub fn with_first_id(lease: Duration, first: u64) -> Self {
+        Self { lease, next_id: first.max(1), nodes: BTreeMap::new() }
     }
 
     pub fn lease(&self) -> Duration {
@@ -71,6 +78,16 @@ impl Membership {
         let node = self.nodes.get_mut(&id).ok_or(MembershipError::UnknownNode(id))?;
         node.expires = now + lease;
         Ok(())
+    }
+
+    /// Removes a node at once (a replay node that restarted at the same address replaces its
+    /// previous registration without waiting for the lease to run out).
+    pub fn remove(&mut self, id: u64) -> Option<Node> {
+        self.nodes.remove(&id)
+    }
+
+    pub fn get(&self, id: u64) -> Option<&Node> {
+        self.nodes.get(&id)
     }
 
     /// Removes and returns the nodes whose lease ran out before `now`.

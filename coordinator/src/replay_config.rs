@@ -31,6 +31,9 @@ pub struct ReplayConfig {
     pub lease_seconds: f64,
     /// How often nodes heartbeat (s).
     pub heartbeat_seconds: f64,
+    /// How often each shard writes a checkpoint (s); 0 = only on a `Checkpoint` request and at
+    /// shutdown. A crash loses at most this much acknowledged data (counted as lost steps).
+    pub checkpoint_seconds: f64,
 }
 
 impl Default for ReplayConfig {
@@ -46,6 +49,7 @@ impl Default for ReplayConfig {
             error_buffer: None,
             lease_seconds: 10.0,
             heartbeat_seconds: 2.0,
+            checkpoint_seconds: 60.0,
         }
     }
 }
@@ -79,6 +83,12 @@ impl ReplayConfig {
         {
             return bad("replay.heartbeat_seconds must be positive and shorter than replay.lease_seconds".into());
         }
+        if !(config.checkpoint_seconds >= 0.0 && config.checkpoint_seconds.is_finite()) {
+            return bad(format!(
+                "replay.checkpoint_seconds must be 0 (off) or a positive number of seconds, got {}",
+                config.checkpoint_seconds
+            ));
+        }
         Ok(config)
     }
 
@@ -95,5 +105,23 @@ impl ReplayConfig {
                     .map_err(|e| format!("replay.samples_per_insert / replay.error_buffer: {e}"))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resolve(text: &str) -> Result<ReplayConfig, ConfigError> {
+        ReplayConfig::resolve(&text.parse::<toml::Table>().unwrap())
+    }
+
+    #[test]
+    fn checkpoint_seconds_defaults_to_a_minute_and_zero_turns_it_off() {
+        assert_eq!(resolve("").unwrap().checkpoint_seconds, 60.0);
+        assert_eq!(resolve("checkpoint_seconds = 0").unwrap().checkpoint_seconds, 0.0);
+        assert_eq!(resolve("checkpoint_seconds = 2.5").unwrap().checkpoint_seconds, 2.5);
+        let err = resolve("checkpoint_seconds = -1").unwrap_err().to_string();
+        assert!(err.contains("replay.checkpoint_seconds"), "{err}");
     }
 }

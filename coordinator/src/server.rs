@@ -3,25 +3,42 @@
 //! shutdown signal.
 
 use std::future::Future;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use proto::pb::coordinator_server::CoordinatorServer;
 use proto::pb::replay_server::ReplayServer;
 use tokio::net::TcpListener;
 
+use crate::checkpointer;
 use crate::experiment::Experiment;
-use crate::service::coordinator::{CoordinatorService, CoordinatorState, ShardMap};
+use crate::registry::Registry;
+use crate::service::coordinator::{CoordinatorService, CoordinatorState};
 use crate::service::replay::ReplayService;
 use crate::shard::Shard;
+use crate::shard_map::ShardMap;
 
 /// gRPC message limit, both directions. Chunks are a few hundred KiB; a 4096-window sample of
 /// 50-float observations is about 6 MiB. Set explicitly, never near what we send.
 pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
 
-/// The shards a coordinator hosts, built from the experiment's `[replay]`.
-pub fn build_shards(experiment: &Experiment) -> anyhow::Result<Vec<Arc<Shard>>> {
+/// How a coordinator process runs, beyond its experiment.
+#[derive(Debug, Clone, Default)]
+pub struct ServeOptions {
+    /// The address the shard map hands out for the in-process shards.
+    pub advertise: String,
+    /// How many of the K slots this process serves itself (slots `0..hosted`); the rest wait for
+    /// `replay` nodes to register. `None`: all of them.
+    pub hosted_shards: Option<u32>,
+    /// Where the checkpoint registry and the hosted shards' checkpoints live; `None` keeps
+    /// everything in memory (tests).
+    pub workdir: Option<PathBuf>,
+}
+
+/// The first `hosted` shards of the experiment's `[replay]`, built empty.
+pub fn build_shards(experiment: &Experiment, hosted: u32) -> anyhow::Result<Vec<Arc<Shard>>> {
     let r = experiment.replay();
-    (0..r.shards)
+    (0..hosted)
         .map(|id| {
             let limiter = r.limiter().map_err(anyhow::Error::msg)?;
             Ok(Arc::new(Shard::new(id, r.max_size, r.window_steps as usize, limiter, experiment.seed())))
@@ -29,16 +46,51 @@ pub fn build_shards(experiment: &Experiment) -> anyhow::Result<Vec<Arc<Shard>>> 
         .collect()
 }
 
-/// Serves until `shutdown` resolves. `advertise` is the address the shard map hands out.
+/// Serves until `shutdown` resolves, hosting every shard in memory, with nothing on disk.
+/// `advertise` is the address the shard map hands out.
 pub async fn serve_coordinator(
     listener: TcpListener,
     advertise: String,
     experiment: Experiment,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let shards = build_shards(&experiment)?;
-    let map = ShardMap { version: 1, addresses: vec![advertise; shards.len()] };
-    let state = CoordinatorState::new(experiment, map);
+    serve(listener, ServeOptions { advertise, ..Default::default() }, experiment, shutdown).await
+}
+
+/// Serves until `shutdown` resolves.
+pub async fn serve(
+    listener: TcpListener,
+    options: ServeOptions,
+    experiment: Experiment,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let slots = experiment.replay().shards;
+    let hosted = options.hosted_shards.unwrap_or(slots);
+    anyhow::ensure!(hosted <= slots, "--hosted-shards {hosted} exceeds the experiment's {slots} shard slots");
+    let shards = build_shards(&experiment, hosted)?;
+    // With a workdir: restore each hosted shard from its checkpoints, and keep writing them.
+    let checkpoints = match &options.workdir {
+        Some(dir) => checkpointer::start_hosted(&shards, dir, experiment.replay().checkpoint_seconds).await?,
+        None => Vec::new(),
+    };
+    let map = ShardMap::new(slots, hosted, &options.advertise);
+    let registry = match &options.workdir {
+        Some(dir) => {
+            let path = dir.join("registry.jsonl");
+            Registry::open(&path).map_err(|e| anyhow::anyhow!("checkpoint registry {}: {e:#}", path.display()))?
+        }
+        None => Registry::default(),
+    };
+    if let Some(latest) = registry.latest() {
+        eprintln!(
+            "checkpoint registry: {} entries, latest version {} ({})",
+            registry.len(),
+            latest.version,
+            latest.uri
+        );
+    }
+    let experiment_file = options.workdir.as_ref().map(|d| d.join("experiment.toml"));
+    let state = CoordinatorState::new(experiment, map, registry, experiment_file);
     let reaper = tokio::spawn(state.clone().run_reaper());
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<CoordinatorServer<CoordinatorService>>().await;
@@ -47,7 +99,10 @@ pub async fn serve_coordinator(
     let coordinator = CoordinatorServer::new(CoordinatorService::new(state, closing.clone()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let replay = ReplayServer::new(ReplayService::new(shards, closing))
+    let replay = checkpoints
+        .iter()
+        .fold(ReplayService::new(shards, closing), |s, c| s.with_checkpointer(c.shard().id(), c.clone()));
+    let replay = ReplayServer::new(replay)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let health_on_shutdown = health.clone();
@@ -68,5 +123,8 @@ pub async fn serve_coordinator(
         })
         .await;
     reaper.abort();
-    result.map_err(Into::into)
+    // No insert is taken any more: the final checkpoints hold everything acknowledged.
+    let saved = checkpointer::shutdown_all(&checkpoints).await;
+    result?;
+    saved
 }

@@ -98,11 +98,10 @@ impl ShardMap {
                     Server::Unserved => w,
                 }
             }
-            None => self
-                .slots
-                .iter()
-                .position(|s| *s == Server::Unserved)
-                .ok_or(ShardMapError::Full(self.num_slots()))? as u32,
+            None => {
+                self.slots.iter().position(|s| *s == Server::Unserved).ok_or(ShardMapError::Full(self.num_slots()))?
+                    as u32
+            }
         };
         self.slots[slot as usize] = Server::Node { id, address: address.to_string() };
         self.version += 1;

@@ -8,6 +8,9 @@
 //! - [`StreamKey`] names a stream, [`StreamSpec`] fixes its row shapes, [`ChunkData`] is one chunk.
 //! - [`WindowBuf`] is the caller's reusable output buffer, [`WindowMeta`] says where a window came from.
 //! - [`TableStats`] is the O(1) accounting the `Stats` RPC and the metrics read.
+//! - [`TableSnapshot`] is the table's whole state, taken in O(chunks) pointer copies (chunk
+//!   payloads are shared, never copied), and [`Table::restore`] rebuilds an identical table from
+//!   one: the shard's checkpoints are written from it outside the shard's lock.
 //!
 //! # Contract
 //!
@@ -17,9 +20,15 @@
 //!   of the table is always the oldest chunk of its stream: a stream's stored steps are one contiguous
 //!   range `[first_step, next_step)` of absolute step indices. A window can therefore never cross an
 //!   eviction gap (checked by `debug_assert`s on every eviction and copy, and by the tests).
-//! - **Windows.** A window is `W` consecutive stored steps of one stream; a stream with `L` stored
+//! - **Gaps.** A stream may start at any absolute step ([`Table::open_stream_at`]), and may go on
+//!   after a gap ([`Table::continue_after_gap`]: a shard restored from a checkpoint lost the steps
+//!   its writers sent after it). The steps stored before the gap then become a *segment*: a closed
+//!   range in a slot of its own, sampleable until evicted, that no longer answers to the stream's
+//!   key; the stream goes on in a new slot. Each slot is one contiguous range, so no window spans
+//!   a gap.
+//! - **Windows.** A window is `W` consecutive stored steps of one slot; a slot with `L` stored
 //!   steps has `max(0, L − W + 1)` valid starts. [`Table::sample_into`] draws uniformly over all
-//!   valid (stream, start) pairs of the table, so a client that draws from each shard in proportion
+//!   valid (slot, start) pairs of the table, so a client that draws from each shard in proportion
 //!   to its [`Table::valid_starts`] is uniform over the union (ARCHITECTURE.md, "Conventions").
 //!   Windows may contain an episode boundary: step types are copied as they are and the learner
 //!   decides what a LAST inside a window means. A window never crosses the start of a stream,
@@ -27,13 +36,15 @@
 //! - **Cost.** Insert: O(log S) plus O(log S) per evicted chunk (S = stream slots). Sample: O(log S)
 //!   to choose the stream (a Fenwick tree over per-stream valid-start counts), O(log C) to find the
 //!   chunk (binary search over chunk start steps, C = the stream's chunks), then a copy of `W` rows
-//!   into the caller's buffers with no allocation. Every statistic: O(1).
+//!   into the caller's buffers with no allocation. Every statistic: O(1). Snapshot: O(S + C) with
+//!   one reference-count increment per chunk; restore: O(S + C) plus the shape checks.
 //!
 //! This module imports no tokio and no gRPC and takes no locks; the service wraps the table in a
 //! `std::sync::Mutex` and holds it only for these synchronous calls.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
+use std::sync::Arc;
 
 use rand::Rng;
 
@@ -72,7 +83,7 @@ pub struct StreamSpec {
 }
 
 /// One chunk of consecutive steps of one stream, moved into the table (its vectors are kept, not
-/// copied).
+/// copied) and held behind an `Arc`, so that a [`TableSnapshot`] shares it instead of copying it.
 ///
 /// The caller (the replay service) has already validated it against the stream's header: shapes,
 /// finite values, step-type codes and sequence continuity. The table re-checks only what its own
@@ -114,8 +125,10 @@ pub enum TableError {
     AlreadyOpen(StreamKey),
     /// `insert` on a stream that was never opened (or was closed, fully evicted and dropped).
     UnknownStream(StreamKey),
-    /// `insert` on a stream that is closed.
+    /// `insert` or `continue_after_gap` on a stream that is closed.
     StreamClosed(StreamKey),
+    /// A stream asked to go on at a step before its next one: stored steps are never rewritten.
+    StepBehind { key: StreamKey, next_step: u64, first_step: u64 },
     /// A chunk with zero steps: it would hold a queue entry and a sequence number but no data.
     EmptyChunk,
     /// A chunk larger than the whole table. Refused rather than stored-then-evicted: storing it
@@ -140,6 +153,9 @@ impl fmt::Display for TableError {
             TableError::AlreadyOpen(key) => write!(f, "{key} is already open"),
             TableError::UnknownStream(key) => write!(f, "{key} is not open"),
             TableError::StreamClosed(key) => write!(f, "{key} is closed"),
+            TableError::StepBehind { key, next_step, first_step } => {
+                write!(f, "{key} cannot go on at step {first_step}: its next step is {next_step}")
+            }
             TableError::EmptyChunk => write!(f, "steps is 0; a chunk must hold at least one step"),
             TableError::ChunkTooLarge { steps, max_size } => {
                 write!(f, "steps is {steps}, more than the table's max_size of {max_size} steps")
@@ -168,8 +184,8 @@ pub struct WindowMeta {
     /// The stream the window belongs to.
     pub key: StreamKey,
     /// Absolute index of the window's first step within its stream, counted from the stream's
-    /// first chunk ever inserted (evicted steps included), so indices stay comparable across
-    /// eviction.
+    /// start as its writer numbers steps (evicted and lost steps included), so indices stay
+    /// comparable across eviction, gaps and restarts.
     pub start_step: u64,
 }
 
@@ -206,7 +222,8 @@ impl WindowBuf {
     }
 }
 
-/// A snapshot of one stream's state, for listings and for resuming a reconnecting actor.
+/// A snapshot of one stream's state, for listings and for resuming a reconnecting actor. It
+/// describes the stream's current range only: segments left behind by a gap are not counted in it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StreamInfo {
     /// The stream.
@@ -215,7 +232,8 @@ pub struct StreamInfo {
     pub open: bool,
     /// Absolute index of the first stored step (equals `next_step` when nothing is stored).
     pub first_step: u64,
-    /// Absolute index the next inserted step will get: the stream's total steps ever inserted.
+    /// Absolute index the next inserted step will get: the step it was opened at, plus its steps
+    /// ever inserted, plus any gaps it went on after.
     pub next_step: u64,
     /// Steps stored now: `next_step − first_step`.
     pub stored_steps: usize,
@@ -247,9 +265,79 @@ pub struct TableStats {
     pub streams: usize,
     /// Streams open now.
     pub open_streams: usize,
+    /// Segments: closed ranges left behind when a stream went on after a gap, still holding data.
+    pub segments: usize,
     /// Valid window starts over all streams.
     pub valid_starts: u64,
 }
+
+/// One live slot in a [`TableSnapshot`]: a stream's current range, or a segment of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RangeSnapshot {
+    /// Which slot (slots are kept, so a restored table draws exactly as the original did).
+    pub slot: usize,
+    pub key: StreamKey,
+    pub open: bool,
+    /// A closed range left behind by a gap ([`Table::continue_after_gap`]).
+    pub segment: bool,
+    /// Absolute index of the first stored step; equals `next_step` when nothing is stored.
+    pub first_step: u64,
+    pub next_step: u64,
+    /// Sequence number of the last chunk inserted into the range (or, for a range that has none,
+    /// into the stream before it).
+    pub last_seq: Option<u64>,
+}
+
+/// One stored chunk in a [`TableSnapshot`]: its slot, its first step, and its payload, shared
+/// with the table (the sequence number is `data.first_seq`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChunkSnapshot {
+    pub slot: usize,
+    pub start: u64,
+    pub data: Arc<ChunkData>,
+}
+
+/// A table's whole state, as [`Table::snapshot`] takes it and [`Table::restore`] rebuilds it.
+///
+/// Holding one keeps its chunks alive after the table evicts them, which is what lets a shard
+/// write a checkpoint outside its lock; the cost is that memory until the write ends (at most
+/// one table's worth of payload, when everything is evicted meanwhile).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TableSnapshot {
+    pub max_size: usize,
+    pub window: usize,
+    pub spec: Option<StreamSpec>,
+    /// Slots, live or free.
+    pub slots: usize,
+    /// The free slots, in the order they will be reused (last first).
+    pub free_slots: Vec<usize>,
+    /// The live slots, in slot order.
+    pub ranges: Vec<RangeSnapshot>,
+    /// Every stored chunk in global insertion (FIFO) order, oldest first.
+    pub chunks: Vec<ChunkSnapshot>,
+    pub inserted_steps_total: u64,
+    pub evicted_steps_total: u64,
+    pub evicted_chunks_total: u64,
+}
+
+impl TableSnapshot {
+    /// Steps the snapshot stores.
+    pub fn stored_steps(&self) -> u64 {
+        self.chunks.iter().map(|c| c.data.steps as u64).sum()
+    }
+}
+
+/// Why [`Table::restore`] refused a snapshot: which invariant it breaks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotError(pub String);
+
+impl fmt::Display for SnapshotError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "inconsistent table snapshot: {}", self.0)
+    }
+}
+
+impl std::error::Error for SnapshotError {}
 
 /// A stored chunk: the data plus where it sits in its stream.
 #[derive(Debug)]
@@ -258,14 +346,17 @@ struct StoredChunk {
     id: u64,
     /// Absolute index of the chunk's first step within its stream.
     start: u64,
-    data: ChunkData,
+    data: Arc<ChunkData>,
 }
 
-/// One stream's stored chunks, oldest first.
+/// One slot's stored chunks, oldest first: a stream's current range, or a segment of it.
 #[derive(Debug)]
 struct Stream {
     key: StreamKey,
     open: bool,
+    /// A closed range left behind by [`Table::continue_after_gap`]: the stream's key maps to
+    /// another slot now, so this one is reachable only through the FIFO queue and the sampler.
+    segment: bool,
     chunks: VecDeque<StoredChunk>,
     /// Absolute index of the first stored step; equals `next_step` when nothing is stored.
     first_step: u64,
@@ -392,6 +483,7 @@ pub struct Table {
     evicted_chunks_total: u64,
     bytes_stored: usize,
     open_streams: usize,
+    segments: usize,
     valid_starts: u64,
 }
 
@@ -421,6 +513,7 @@ impl Table {
             evicted_chunks_total: 0,
             bytes_stored: 0,
             open_streams: 0,
+            segments: 0,
             valid_starts: 0,
         }
     }
@@ -440,60 +533,130 @@ impl Table {
         self.spec
     }
 
-    /// Opens `key` for inserts.
+    /// Opens `key` for inserts: a new stream starts at step 0; a closed one that still holds data
+    /// resumes where it stopped (same step indices; [`StreamInfo::last_seq`] tells the caller which
+    /// sequence number comes next), which is what a reconnecting actor of the same incarnation
+    /// needs. See [`open_stream_at`](Self::open_stream_at) for the rules.
+    pub fn open_stream(&mut self, key: StreamKey, spec: StreamSpec) -> Result<(), TableError> {
+        let first_step = self.stream(&key).map_or(0, |s| s.next_step);
+        self.open_stream_at(key, spec, first_step)
+    }
+
+    /// Opens `key` for inserts, its next step being the absolute step `first_step`.
     ///
     /// The first stream opened fixes the table's spec; later streams must match it field by field.
-    /// Re-opening a stream that was closed but still holds data resumes it (same step indices,
-    /// [`StreamInfo::last_seq`] tells the caller which sequence number comes next), which is what a
-    /// reconnecting actor of the same incarnation needs. A stream that is open already is refused:
-    /// two writers on one stream would interleave its steps.
-    pub fn open_stream(&mut self, key: StreamKey, spec: StreamSpec) -> Result<(), TableError> {
-        if let Some(table) = self.spec {
-            let field = if spec.obs_dim != table.obs_dim {
-                Some("obs_dim")
-            } else if spec.action_dim != table.action_dim {
-                Some("action_dim")
-            } else if spec.has_rewards != table.has_rewards {
-                Some("has_rewards")
-            } else {
-                None
-            };
-            if let Some(field) = field {
-                return Err(TableError::SpecMismatch { field, table, stream: spec });
-            }
-        }
+    /// A new stream starts at `first_step` (a writer that lost its first steps, or whose shard did,
+    /// still numbers steps from its stream's start). A closed stream that still holds data resumes
+    /// at `first_step` if that is its next step, and goes on after a gap (see
+    /// [`continue_after_gap`](Self::continue_after_gap)) if it is later; an earlier one is refused.
+    /// A stream that is open already is refused: two writers on one stream would interleave its
+    /// steps. A refused open changes nothing.
+    pub fn open_stream_at(&mut self, key: StreamKey, spec: StreamSpec, first_step: u64) -> Result<(), TableError> {
+        self.check_spec(spec)?;
         if let Some(&slot) = self.by_key.get(&key) {
             let stream = self.slots[slot].as_mut().expect("an indexed slot holds its stream");
             if stream.open {
                 return Err(TableError::AlreadyOpen(key));
             }
+            if first_step < stream.next_step {
+                return Err(TableError::StepBehind { key, next_step: stream.next_step, first_step });
+            }
             stream.open = true;
+            self.open_streams += 1;
+            self.continue_after_gap(key, first_step).expect("an open stream at or after its next step goes on");
         } else {
-            let stream = Stream {
+            let slot = self.new_slot(Stream {
                 key,
                 open: true,
+                segment: false,
                 chunks: VecDeque::new(),
-                first_step: 0,
-                next_step: 0,
+                first_step,
+                next_step: first_step,
                 next_chunk_id: 0,
                 last_seq: None,
-            };
-            let slot = match self.free_slots.pop() {
-                Some(slot) => {
-                    self.slots[slot] = Some(stream);
-                    slot
-                }
-                None => {
-                    self.slots.push(Some(stream));
-                    self.starts.push_zero();
-                    self.slots.len() - 1
-                }
-            };
+            });
             self.by_key.insert(key, slot);
+            self.open_streams += 1;
         }
         self.spec.get_or_insert(spec);
-        self.open_streams += 1;
         Ok(())
+    }
+
+    /// Moves open stream `key`'s next step forward to `first_step`, as when its writer resends
+    /// from a step that the table never received (a shard restored from an older checkpoint).
+    /// Returns the steps skipped (0 when `first_step` is the next step already: nothing changes).
+    ///
+    /// The steps stored before the gap must never form a window with the steps after it, so they
+    /// become a segment: a closed range in their own slot, sampleable until FIFO eviction takes
+    /// them, that no longer answers to `key`. The stream itself goes on in a new slot whose first
+    /// step is `first_step`. A stream that holds nothing just moves on. Refused: an unknown or
+    /// closed stream, and a step before the stream's next one.
+    pub fn continue_after_gap(&mut self, key: StreamKey, first_step: u64) -> Result<u64, TableError> {
+        let slot = *self.by_key.get(&key).ok_or(TableError::UnknownStream(key))?;
+        let stream = self.slots[slot].as_mut().expect("an indexed slot holds its stream");
+        if !stream.open {
+            return Err(TableError::StreamClosed(key));
+        }
+        if first_step < stream.next_step {
+            return Err(TableError::StepBehind { key, next_step: stream.next_step, first_step });
+        }
+        let gap = first_step - stream.next_step;
+        if gap == 0 {
+            return Ok(0);
+        }
+        if stream.chunks.is_empty() {
+            stream.first_step = first_step;
+            stream.next_step = first_step;
+            return Ok(gap);
+        }
+        // The old slot keeps its chunks, its queue entries and its valid starts; only its role
+        // changes. The open state moves to the new slot, so `open_streams` is unchanged.
+        stream.open = false;
+        stream.segment = true;
+        let last_seq = stream.last_seq;
+        self.segments += 1;
+        let slot = self.new_slot(Stream {
+            key,
+            open: true,
+            segment: false,
+            chunks: VecDeque::new(),
+            first_step,
+            next_step: first_step,
+            next_chunk_id: 0,
+            last_seq,
+        });
+        self.by_key.insert(key, slot);
+        Ok(gap)
+    }
+
+    fn check_spec(&self, spec: StreamSpec) -> Result<(), TableError> {
+        let Some(table) = self.spec else { return Ok(()) };
+        let field = if spec.obs_dim != table.obs_dim {
+            "obs_dim"
+        } else if spec.action_dim != table.action_dim {
+            "action_dim"
+        } else if spec.has_rewards != table.has_rewards {
+            "has_rewards"
+        } else {
+            return Ok(());
+        };
+        Err(TableError::SpecMismatch { field, table, stream: spec })
+    }
+
+    /// Puts `stream` (holding no chunks) in a free slot, or in a new one.
+    fn new_slot(&mut self, stream: Stream) -> usize {
+        debug_assert!(stream.chunks.is_empty());
+        match self.free_slots.pop() {
+            Some(slot) => {
+                self.slots[slot] = Some(stream);
+                slot
+            }
+            None => {
+                self.slots.push(Some(stream));
+                self.starts.push_zero();
+                self.slots.len() - 1
+            }
+        }
     }
 
     /// Closes `key`: inserts are refused from now on, but its stored data stays sampleable until
@@ -515,16 +678,9 @@ impl Table {
         true
     }
 
-    /// Appends `chunk` to stream `key`, then evicts the globally oldest chunks while more than
-    /// `max_size` steps are stored. A refused chunk leaves the table unchanged.
-    pub fn insert(&mut self, key: StreamKey, chunk: ChunkData) -> Result<InsertOutcome, TableError> {
-        let slot = *self.by_key.get(&key).ok_or(TableError::UnknownStream(key))?;
-        let spec = self.spec.expect("a stream is known, so the spec is fixed");
-        let window = self.window;
-        let stream = self.slots[slot].as_mut().expect("an indexed slot holds its stream");
-        if !stream.open {
-            return Err(TableError::StreamClosed(key));
-        }
+    /// Checks a chunk against the spec and the budget: what [`insert`](Self::insert) and
+    /// [`restore`](Self::restore) both need before they store it.
+    fn check_chunk(&self, spec: StreamSpec, chunk: &ChunkData) -> Result<(), TableError> {
         let steps = chunk.steps;
         if steps == 0 {
             return Err(TableError::EmptyChunk);
@@ -538,26 +694,22 @@ impl Table {
             ("actions", steps * spec.action_dim, chunk.actions.len()),
             ("rewards", if spec.has_rewards { steps } else { 0 }, chunk.rewards.len()),
         ];
-        if let Some(&(field, expected, got)) = shapes.iter().find(|(_, expected, got)| expected != got) {
-            return Err(TableError::Shape { field, expected, got });
+        match shapes.iter().find(|(_, expected, got)| expected != got) {
+            Some(&(field, expected, got)) => Err(TableError::Shape { field, expected, got }),
+            None => Ok(()),
         }
+    }
 
-        let before = stream.valid_starts(window);
-        let id = stream.next_chunk_id;
-        let start = stream.next_step;
-        stream.next_chunk_id += 1;
-        stream.next_step += steps as u64;
-        stream.last_seq = Some(chunk.first_seq);
-        let bytes = chunk.payload_bytes();
-        stream.chunks.push_back(StoredChunk { id, start, data: chunk });
-        let gained = stream.valid_starts(window) - before;
-        self.starts.add(slot, gained);
-        self.valid_starts += gained;
-        self.fifo.push_back(ChunkRef { slot, id });
-        self.stored_steps += steps;
-        self.inserted_steps_total += steps as u64;
-        self.bytes_stored += bytes;
-
+    /// Appends `chunk` to stream `key`, then evicts the globally oldest chunks while more than
+    /// `max_size` steps are stored. A refused chunk leaves the table unchanged.
+    pub fn insert(&mut self, key: StreamKey, chunk: ChunkData) -> Result<InsertOutcome, TableError> {
+        let slot = *self.by_key.get(&key).ok_or(TableError::UnknownStream(key))?;
+        let spec = self.spec.expect("a stream is known, so the spec is fixed");
+        if !self.slots[slot].as_ref().expect("an indexed slot holds its stream").open {
+            return Err(TableError::StreamClosed(key));
+        }
+        self.check_chunk(spec, &chunk)?;
+        let start = self.append(slot, Arc::new(chunk));
         let mut outcome = InsertOutcome { first_step: start, evicted_steps: 0, evicted_chunks: 0 };
         while self.stored_steps > self.max_size {
             // The new chunk fits on its own (steps ≤ max_size), so this stops before reaching it.
@@ -565,6 +717,29 @@ impl Table {
             outcome.evicted_chunks += 1;
         }
         Ok(outcome)
+    }
+
+    /// Appends a checked chunk to the slot's range and to the FIFO queue; returns its first step.
+    fn append(&mut self, slot: usize, data: Arc<ChunkData>) -> u64 {
+        let window = self.window;
+        let stream = self.slots[slot].as_mut().expect("appending to a live slot");
+        let steps = data.steps;
+        let before = stream.valid_starts(window);
+        let id = stream.next_chunk_id;
+        let start = stream.next_step;
+        stream.next_chunk_id += 1;
+        stream.next_step += steps as u64;
+        stream.last_seq = Some(data.first_seq);
+        let bytes = data.payload_bytes();
+        stream.chunks.push_back(StoredChunk { id, start, data });
+        let gained = stream.valid_starts(window) - before;
+        self.starts.add(slot, gained);
+        self.valid_starts += gained;
+        self.fifo.push_back(ChunkRef { slot, id });
+        self.stored_steps += steps;
+        self.inserted_steps_total += steps as u64;
+        self.bytes_stored += bytes;
+        start
     }
 
     /// Evicts the globally oldest chunk and returns its step count.
@@ -575,8 +750,8 @@ impl Table {
         let before = stream.valid_starts(window);
         let chunk = stream.chunks.pop_front().expect("a queued chunk is stored");
         // The contiguity invariant: FIFO order across the table is insertion order within each
-        // stream, so the table's oldest chunk is its stream's oldest, and eviction only ever
-        // advances a stream's first stored step; it never opens a gap inside the stored range.
+        // slot, so the table's oldest chunk is its slot's oldest, and eviction only ever advances
+        // a slot's first stored step; it never opens a gap inside the stored range.
         debug_assert_eq!(chunk.id, id, "the evicted chunk must be its stream's oldest");
         debug_assert_eq!(chunk.start, stream.first_step, "a stream's stored steps must be contiguous");
         let steps = chunk.data.steps;
@@ -595,12 +770,18 @@ impl Table {
         steps
     }
 
-    /// Forgets a closed stream that holds nothing and frees its slot.
+    /// Forgets a closed slot that holds nothing and frees it. A segment's key maps to the
+    /// stream's newer slot (or to nothing), so only a current range removes its key's mapping.
     fn drop_stream(&mut self, slot: usize) {
         let stream = self.slots[slot].take().expect("dropping a live slot");
         debug_assert!(!stream.open && stream.chunks.is_empty());
         debug_assert_eq!(self.starts.prefix(slot + 1) - self.starts.prefix(slot), 0);
-        self.by_key.remove(&stream.key);
+        if stream.segment {
+            self.segments -= 1;
+        } else {
+            let removed = self.by_key.remove(&stream.key);
+            debug_assert_eq!(removed, Some(slot), "a current range's key maps to its slot");
+        }
         self.free_slots.push(slot);
     }
 
@@ -629,6 +810,11 @@ impl Table {
         self.bytes_stored
     }
 
+    /// Chunks stored now (O(1)).
+    pub fn stored_chunks(&self) -> usize {
+        self.fifo.len()
+    }
+
     /// Streams the table knows now: open ones, and closed ones still holding data (O(1)).
     pub fn num_streams(&self) -> usize {
         self.by_key.len()
@@ -645,19 +831,168 @@ impl Table {
             bytes_stored: self.bytes_stored,
             streams: self.by_key.len(),
             open_streams: self.open_streams,
+            segments: self.segments,
             valid_starts: self.valid_starts,
         }
     }
 
-    /// One stream's state, if the table knows it.
+    /// One stream's state (its current range), if the table knows it.
     pub fn stream(&self, key: &StreamKey) -> Option<StreamInfo> {
         let slot = *self.by_key.get(key)?;
         self.slots[slot].as_ref().map(|s| s.info(self.window))
     }
 
-    /// Every stream the table knows (open, or closed with data left), in slot order.
+    /// Every stream the table knows (open, or closed with data left), in slot order; segments are
+    /// not listed.
     pub fn streams(&self) -> impl Iterator<Item = StreamInfo> + '_ {
-        self.slots.iter().flatten().map(|s| s.info(self.window))
+        self.slots.iter().flatten().filter(|s| !s.segment).map(|s| s.info(self.window))
+    }
+
+    /// The table's whole state (see [`TableSnapshot`]). O(slots + chunks): each chunk's payload is
+    /// shared through its `Arc`, not copied, so a shard holds its lock only for this walk.
+    pub fn snapshot(&self) -> TableSnapshot {
+        let ranges = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter_map(|(slot, s)| {
+                s.as_ref().map(|s| RangeSnapshot {
+                    slot,
+                    key: s.key,
+                    open: s.open,
+                    segment: s.segment,
+                    first_step: s.first_step,
+                    next_step: s.next_step,
+                    last_seq: s.last_seq,
+                })
+            })
+            .collect();
+        let chunks = self
+            .fifo
+            .iter()
+            .map(|r| {
+                let stream = self.slots[r.slot].as_ref().expect("a queued chunk's stream is live");
+                // Chunk ids are consecutive within a slot (assigned in order, evicted from the front).
+                let front = stream.chunks.front().expect("a queued chunk is stored").id;
+                let c = &stream.chunks[(r.id - front) as usize];
+                debug_assert_eq!(c.id, r.id);
+                ChunkSnapshot { slot: r.slot, start: c.start, data: Arc::clone(&c.data) }
+            })
+            .collect();
+        TableSnapshot {
+            max_size: self.max_size,
+            window: self.window,
+            spec: self.spec,
+            slots: self.slots.len(),
+            free_slots: self.free_slots.clone(),
+            ranges,
+            chunks,
+            inserted_steps_total: self.inserted_steps_total,
+            evicted_steps_total: self.evicted_steps_total,
+            evicted_chunks_total: self.evicted_chunks_total,
+        }
+    }
+
+    /// Rebuilds the table a [`TableSnapshot`] was taken from: the same slots, FIFO order, valid
+    /// starts and counters, so the same random draws give the same windows. The snapshot may come
+    /// from disk, so everything the table's invariants rely on is checked first; a snapshot that
+    /// fails a check is refused whole.
+    pub fn restore(snapshot: TableSnapshot) -> Result<Table, SnapshotError> {
+        let bad = |m: String| Err(SnapshotError(m));
+        let TableSnapshot {
+            max_size,
+            window,
+            spec,
+            slots,
+            free_slots,
+            ranges,
+            chunks,
+            inserted_steps_total,
+            evicted_steps_total,
+            evicted_chunks_total,
+        } = snapshot;
+        if window == 0 || max_size < window {
+            return bad(format!("max_size {max_size} cannot hold a window of {window} steps"));
+        }
+        if !ranges.is_empty() && spec.is_none() {
+            return bad("streams without a spec".into());
+        }
+        let mut t = Table::new(max_size, window);
+        t.spec = spec;
+        t.slots = (0..slots).map(|_| None).collect();
+        for _ in 0..slots {
+            t.starts.push_zero();
+        }
+        for r in &ranges {
+            if r.slot >= slots || t.slots[r.slot].is_some() {
+                return bad(format!("slot {} is out of range or listed twice", r.slot));
+            }
+            if r.first_step > r.next_step || (r.segment && r.open) {
+                return bad(format!("slot {} of {}: inconsistent range", r.slot, r.key));
+            }
+            if r.first_step == r.next_step && (!r.open || r.segment) {
+                return bad(format!("slot {} of {}: a closed range without data", r.slot, r.key));
+            }
+            if !r.segment && t.by_key.insert(r.key, r.slot).is_some() {
+                return bad(format!("{} has two current ranges", r.key));
+            }
+            t.open_streams += usize::from(r.open);
+            t.segments += usize::from(r.segment);
+            // `next_step` and `last_seq` are rebuilt by appending the chunks, then compared.
+            t.slots[r.slot] = Some(Stream {
+                key: r.key,
+                open: r.open,
+                segment: r.segment,
+                chunks: VecDeque::new(),
+                first_step: r.first_step,
+                next_step: r.first_step,
+                next_chunk_id: 0,
+                last_seq: r.last_seq,
+            });
+        }
+        let free: HashSet<usize> = free_slots.iter().copied().collect();
+        if free.len() != free_slots.len()
+            || free_slots.len() + ranges.len() != slots
+            || free_slots.iter().any(|&s| s >= slots || t.slots[s].is_some())
+        {
+            return bad("the free slots are not exactly the empty ones".into());
+        }
+        t.free_slots = free_slots;
+        for c in chunks {
+            let Some(stream) = t.slots.get(c.slot).and_then(Option::as_ref) else {
+                return bad(format!("a chunk names slot {}, which holds no stream", c.slot));
+            };
+            if c.start != stream.next_step {
+                return bad(format!(
+                    "{}: a chunk starts at step {}, expected {} (ranges must be contiguous)",
+                    stream.key, c.start, stream.next_step
+                ));
+            }
+            let spec = spec.expect("checked: live slots imply a spec");
+            let key = stream.key;
+            t.check_chunk(spec, &c.data)
+                .map_err(|e| SnapshotError(format!("{key}: chunk at step {}: {e}", c.start)))?;
+            t.append(c.slot, c.data);
+        }
+        for r in &ranges {
+            let s = t.slots[r.slot].as_ref().expect("restored above");
+            if s.next_step != r.next_step || s.last_seq != r.last_seq {
+                return bad(format!("slot {} of {}: the chunks do not add up to its range", r.slot, r.key));
+            }
+        }
+        if t.stored_steps > max_size {
+            return bad(format!("{} steps stored, more than max_size {max_size}", t.stored_steps));
+        }
+        if inserted_steps_total != t.stored_steps as u64 + evicted_steps_total {
+            return bad(format!(
+                "inserted {inserted_steps_total} steps ≠ stored {} + evicted {evicted_steps_total}",
+                t.stored_steps
+            ));
+        }
+        t.inserted_steps_total = inserted_steps_total;
+        t.evicted_steps_total = evicted_steps_total;
+        t.evicted_chunks_total = evicted_chunks_total;
+        Ok(t)
     }
 
     /// Draws one window uniformly over all valid (stream, start) pairs of the table and copies it
@@ -773,6 +1108,7 @@ mod tests {
         );
         assert!(s.stored_steps <= t.max_size);
         let (mut steps, mut chunks, mut bytes, mut starts, mut open, mut live) = (0, 0, 0, 0, 0, 0);
+        let mut segments = 0;
         assert_eq!(t.starts.tree.len(), t.slots.len());
         for (slot, stream) in t.slots.iter().enumerate() {
             let fenwick = t.starts.prefix(slot + 1) - t.starts.prefix(slot);
@@ -782,7 +1118,13 @@ mod tests {
                 continue;
             };
             live += 1;
-            assert_eq!(t.by_key[&stream.key], slot);
+            if stream.segment {
+                segments += 1;
+                assert!(!stream.open, "a segment is closed");
+                assert_ne!(t.by_key.get(&stream.key), Some(&slot), "a segment does not answer to its key");
+            } else {
+                assert_eq!(t.by_key[&stream.key], slot);
+            }
             assert!(stream.open || !stream.chunks.is_empty(), "a closed, empty stream must have been dropped");
             open += usize::from(stream.open);
             let mut next = stream.first_step;
@@ -808,9 +1150,28 @@ mod tests {
         assert_eq!(s.valid_starts, starts);
         assert_eq!(t.starts.prefix(t.starts.tree.len()), starts);
         assert_eq!(s.open_streams, open);
-        assert_eq!(s.streams, live);
-        assert_eq!(t.by_key.len(), live);
-        assert_eq!(t.streams().count(), live);
+        assert_eq!(s.segments, segments);
+        assert_eq!(s.streams, live - segments);
+        assert_eq!(t.by_key.len(), live - segments);
+        assert_eq!(t.streams().count(), live - segments);
+    }
+
+    /// Every valid window of every slot (segments included), copied and checked row by row.
+    fn check_every_window(t: &Table) -> u64 {
+        let mut buf = WindowBuf::new(SPEC, W);
+        let mut windows = 0;
+        for stream in t.slots.iter().flatten() {
+            if stream.stored_steps() < W {
+                continue;
+            }
+            for start in stream.first_step..=stream.next_step - W as u64 {
+                t.copy_window(stream, start, &mut buf);
+                assert_window(&buf, WindowMeta { key: stream.key, start_step: start });
+                windows += 1;
+            }
+        }
+        assert_eq!(windows, t.valid_starts());
+        windows
     }
 
     #[test]
@@ -1193,5 +1554,250 @@ mod tests {
                 k += 1;
             }
         }
+    }
+
+    #[test]
+    fn a_stream_opened_at_a_later_step_numbers_its_steps_from_there() {
+        let mut t = Table::new(100, W);
+        let a = key(0);
+        t.open_stream_at(a, SPEC, 1_000).unwrap();
+        let info = t.stream(&a).unwrap();
+        assert_eq!((info.first_step, info.next_step, info.stored_steps), (1_000, 1_000, 0));
+        assert_eq!(put(&mut t, a, 10).first_step, 1_000);
+        let mut r = rng("later");
+        let mut buf = WindowBuf::new(SPEC, W);
+        for _ in 0..100 {
+            let meta = t.sample_into(&mut r, &mut buf).unwrap();
+            assert!((1_000..=1_003).contains(&meta.start_step), "{meta:?}");
+            assert_window(&buf, meta);
+        }
+        check_invariants(&t);
+    }
+
+    #[test]
+    fn gap_rules_refuse_what_would_rewrite_steps_and_change_nothing_when_refused() {
+        let mut t = Table::new(100, W);
+        let (a, b) = (key(0), key(1));
+        assert_eq!(t.continue_after_gap(a, 5), Err(TableError::UnknownStream(a)));
+        t.open_stream(a, SPEC).unwrap();
+        // Nothing stored yet: the stream just moves on, with no segment.
+        assert_eq!(t.continue_after_gap(a, 8), Ok(8));
+        assert_eq!((t.stream(&a).unwrap().first_step, t.stats().segments), (8, 0));
+        put(&mut t, a, 10);
+        let before = t.snapshot();
+        assert_eq!(t.continue_after_gap(a, 17), Err(TableError::StepBehind { key: a, next_step: 18, first_step: 17 }));
+        assert_eq!(t.continue_after_gap(a, 18), Ok(0), "the next step is no gap");
+        assert_eq!(t.snapshot(), before, "refusals and no-ops change nothing");
+        assert!(t.close_stream(a));
+        assert_eq!(t.continue_after_gap(a, 30), Err(TableError::StreamClosed(a)));
+        // A closed stream reopened earlier than its next step is refused; later is a gap.
+        assert_eq!(t.open_stream_at(a, SPEC, 3), Err(TableError::StepBehind { key: a, next_step: 18, first_step: 3 }));
+        assert!(!t.stream(&a).unwrap().open);
+        t.open_stream_at(a, SPEC, 30).unwrap();
+        let info = t.stream(&a).unwrap();
+        assert_eq!((info.open, info.first_step, info.next_step, info.last_seq), (true, 30, 30, Some(0)));
+        assert_eq!(t.stats().segments, 1);
+        assert_eq!(t.stats().open_streams, 1);
+        // An open stream at a later step: two writers, refused as before.
+        assert_eq!(t.open_stream_at(a, SPEC, 40), Err(TableError::AlreadyOpen(a)));
+        t.open_stream_at(b, SPEC, 7).unwrap();
+        assert_eq!(t.stream(&b).unwrap().next_step, 7);
+        check_invariants(&t);
+    }
+
+    /// The steps before a gap stay sampleable as a segment, never joined to those after it; once
+    /// the segment is evicted, freeing its slot leaves the stream's key on its new slot.
+    #[test]
+    fn windows_never_span_a_gap_and_an_evicted_segment_keeps_the_stream() {
+        let mut t = Table::new(100, W);
+        let (a, b) = (key(0), key(1));
+        t.open_stream(a, SPEC).unwrap();
+        t.open_stream(b, SPEC).unwrap();
+        put(&mut t, a, 5);
+        put(&mut t, a, 15); // a holds [0, 20)
+        assert_eq!(t.continue_after_gap(a, 50), Ok(30));
+        put(&mut t, a, 3);
+        put(&mut t, a, 17); // a holds [50, 70) in a new slot
+        let s = t.stats();
+        assert_eq!((s.segments, s.streams, s.open_streams, s.stored_steps), (1, 2, 2, 40));
+        assert_eq!(s.valid_starts, 2 * (20 - 6), "each side of the gap has its own windows");
+        let info = t.stream(&a).unwrap();
+        assert_eq!((info.first_step, info.next_step, info.stored_steps, info.last_seq), (50, 70, 20, Some(3)));
+        assert_eq!(t.streams().count(), 2, "segments are not listed as streams");
+        check_every_window(&t);
+        let mut r = rng("gap-span");
+        let mut buf = WindowBuf::new(SPEC, W);
+        let mut sides = [0; 2];
+        for _ in 0..2_000 {
+            let meta = t.sample_into(&mut r, &mut buf).unwrap();
+            assert_window(&buf, meta);
+            assert_eq!(meta.key, a);
+            let end = meta.start_step + W as u64;
+            assert!(end <= 20 || meta.start_step >= 50, "{meta:?} spans the gap [20, 50)");
+            sides[usize::from(meta.start_step >= 50)] += 1;
+        }
+        assert!(sides[0] > 800 && sides[1] > 800, "both sides are drawn, evenly: {sides:?}");
+        check_invariants(&t);
+        // b's inserts evict a's segment (the oldest chunks), then a's newer range.
+        put(&mut t, b, 64); // 104 > 100: the segment's first chunk (5 steps) goes.
+        assert_eq!(t.stats().segments, 1);
+        put(&mut t, b, 15); // the segment's last chunk goes, and its slot is freed.
+        let s = t.stats();
+        assert_eq!((s.segments, s.streams), (0, 2));
+        let info = t.stream(&a).expect("the stream still answers to its key");
+        assert_eq!((info.first_step, info.next_step, info.open), (50, 70, true));
+        assert_eq!(put(&mut t, a, 2).first_step, 70, "and still takes inserts");
+        check_every_window(&t);
+        check_invariants(&t);
+    }
+
+    /// A random history of inserts, gaps, closes and reopens, with eviction throughout; `check`
+    /// sees the table every 100 rounds.
+    fn random_table_checked(seed: &str, rounds: usize, check: &mut dyn FnMut(&Table)) -> Table {
+        let mut r = rng(seed);
+        let mut t = Table::new(1_200, W);
+        let mut keys: Vec<StreamKey> = (0..24).map(key).collect();
+        let mut next_key = keys.len() as u64;
+        for &k in &keys {
+            t.open_stream(k, SPEC).unwrap();
+        }
+        for round in 0..rounds {
+            let i = r.random_range(0..keys.len());
+            match r.random_range(0..100) {
+                0..=2 => {
+                    let next = t.stream(&keys[i]).unwrap().next_step;
+                    t.continue_after_gap(keys[i], next + r.random_range(1..40)).unwrap();
+                }
+                3 => {
+                    t.close_stream(keys[i]);
+                    keys[i] = key(next_key);
+                    next_key += 1;
+                    t.open_stream_at(keys[i], SPEC, r.random_range(0..3) * 100).unwrap();
+                }
+                _ => {
+                    put(&mut t, keys[i], r.random_range(1..=30));
+                }
+            }
+            if round % 100 == 99 {
+                check(&t);
+            }
+        }
+        // End with a segment and a closed stream holding data, so that snapshots hold both.
+        put(&mut t, keys[1], 10);
+        let next = t.stream(&keys[1]).unwrap().next_step;
+        t.continue_after_gap(keys[1], next + 5).unwrap();
+        put(&mut t, keys[1], 10);
+        put(&mut t, keys[0], 10);
+        t.close_stream(keys[0]);
+        t
+    }
+
+    fn random_table(seed: &str, rounds: usize) -> Table {
+        random_table_checked(seed, rounds, &mut |_| {})
+    }
+
+    #[test]
+    fn random_histories_with_gaps_keep_every_invariant_and_never_span_a_gap() {
+        for seed in ["gaps-1", "gaps-2", "gaps-3"] {
+            let mut most_segments = 0;
+            let t = random_table_checked(seed, 4_000, &mut |t| {
+                check_invariants(t);
+                check_every_window(t);
+                most_segments = most_segments.max(t.stats().segments);
+            });
+            check_invariants(&t);
+            check_every_window(&t);
+            assert!(most_segments >= 3 && t.stats().evicted_steps_total > 10_000, "{most_segments} {:?}", t.stats());
+        }
+    }
+
+    #[test]
+    fn restore_of_a_snapshot_is_the_same_table() {
+        let t = random_table("snapshot", 5_000);
+        let snap = t.snapshot();
+        assert!(snap.ranges.iter().any(|r| r.segment) && snap.ranges.iter().any(|r| !r.open && !r.segment));
+        assert!(!snap.free_slots.is_empty());
+        assert_eq!(snap.chunks.len(), t.stats().chunks_stored);
+        assert_eq!(snap.stored_steps(), t.stored_steps() as u64);
+        let mut u = Table::restore(snap.clone()).unwrap();
+        check_invariants(&u);
+        assert_eq!(u.stats(), t.stats());
+        assert_eq!(u.snapshot(), snap);
+        assert_eq!(u.streams().collect::<Vec<_>>(), t.streams().collect::<Vec<_>>());
+        assert_eq!(check_every_window(&u), t.valid_starts());
+        // Same slots and counts, so the same draws give the same windows.
+        let (mut r1, mut r2) = (rng("same"), rng("same"));
+        let (mut b1, mut b2) = (WindowBuf::new(SPEC, W), WindowBuf::new(SPEC, W));
+        for _ in 0..2_000 {
+            assert_eq!(t.sample_into(&mut r1, &mut b1), u.sample_into(&mut r2, &mut b2));
+            assert_eq!(b1, b2);
+        }
+        // And the same history from here on gives the same tables (slot reuse included).
+        let mut t = t;
+        let mut r = rng("after");
+        for _ in 0..500 {
+            let keys: Vec<StreamKey> = t.streams().filter(|s| s.open).map(|s| s.key).collect();
+            let k = keys[r.random_range(0..keys.len())];
+            let steps = r.random_range(1..=30);
+            put(&mut t, k, steps);
+            put(&mut u, k, steps);
+        }
+        let fresh = key(10_000);
+        t.open_stream(fresh, SPEC).unwrap();
+        u.open_stream(fresh, SPEC).unwrap();
+        assert_eq!(u.snapshot(), t.snapshot());
+        check_invariants(&u);
+    }
+
+    #[test]
+    fn a_snapshot_shares_payloads_and_outlives_their_eviction() {
+        let mut t = Table::new(100, W);
+        let a = key(0);
+        t.open_stream(a, SPEC).unwrap();
+        put(&mut t, a, 60);
+        let snap = t.snapshot();
+        let first = Arc::clone(&snap.chunks[0].data);
+        assert_eq!(Arc::strong_count(&first), 3, "the table, the snapshot and this test share one payload");
+        put(&mut t, a, 60); // evicts the first chunk
+        assert_eq!(Arc::strong_count(&first), 2, "the table let go; the snapshot still holds it");
+        assert_eq!(first.observations[1], 0.0);
+        let back = Table::restore(snap).unwrap();
+        assert_eq!((back.stored_steps(), back.inserted_steps()), (60, 60));
+    }
+
+    #[test]
+    fn restore_refuses_inconsistent_snapshots() {
+        let t = random_table("refuse", 1_000);
+        let good = t.snapshot();
+        let refuse = |change: &dyn Fn(&mut TableSnapshot), needle: &str| {
+            let mut s = good.clone();
+            change(&mut s);
+            let err = Table::restore(s).unwrap_err();
+            assert!(err.to_string().contains(needle), "{err} lacks {needle:?}");
+        };
+        refuse(&|s| s.chunks[3].start += 1, "contiguous");
+        refuse(&|s| drop(s.chunks.pop()), "do not add up");
+        refuse(&|s| s.inserted_steps_total += 1, "inserted");
+        refuse(&|s| s.ranges[1].slot = s.ranges[0].slot, "twice");
+        refuse(&|s| s.slots += 1, "free slots");
+        refuse(&|s| s.max_size = s.stored_steps() as usize - 1, "more than max_size");
+        refuse(&|s| s.window = 0, "window");
+        refuse(
+            &|s| {
+                let mut c = (*s.chunks[0].data).clone();
+                c.rewards.pop();
+                s.chunks[0].data = Arc::new(c);
+            },
+            "rewards",
+        );
+        refuse(
+            &|s| {
+                let seg = s.ranges.iter().position(|r| !r.segment).unwrap();
+                let other = s.ranges.iter().rposition(|r| !r.segment).unwrap();
+                s.ranges[seg].key = s.ranges[other].key;
+            },
+            "two current ranges",
+        );
+        assert!(Table::restore(good).is_ok());
     }
 }

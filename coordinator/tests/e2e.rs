@@ -66,6 +66,7 @@ async fn actors_stream_into_shards_and_the_client_samples_consecutive_windows() 
             drain: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(10),
             max_steps: None,
+            workdir: dir.path().join("work"),
         };
         actors.push(tokio::spawn(run(options, async move {
             let _ = stop.wait_for(|s| *s).await;

@@ -149,6 +149,7 @@ fn open(shard_id: u32, env_index: u32, obs_dim: u32) -> pb::InsertRequest {
             has_rewards: false,
             first_seq: 0,
             env_id: "riab-random".into(),
+            first_step: 0,
         })),
     }
 }

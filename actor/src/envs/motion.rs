@@ -119,7 +119,8 @@ impl Agents {
         }
     }
 
-    fn step_one<R: Rng>(&mut self, i: usize, arena: &Arena, p: &MotionParams, rng: &mut R, drift: Option<Vec2>) {
+    /// Advances agent `i` alone by one step (`riab-goal` leaves an agent in place on its reset rows).
+    pub fn step_one<R: Rng>(&mut self, i: usize, arena: &Arena, p: &MotionParams, rng: &mut R, drift: Option<Vec2>) {
         let dt = p.dt;
         let prev_pos = self.pos[i];
         let prev_mv = self.measured_vel[i];

@@ -4,12 +4,20 @@
 //! Rows follow the thesis recipe (`for t: Ag.update(); placecells.update()`): row t is the state
 //! *after* update t, the initial position is not a row, and the stream is one endless episode
 //! (FIRST, then MID). Whoever cuts the stream decides where a LAST goes.
+//!
+//! `riab-goal` is the exception: its frozen policy drives the agents, and the goal task cuts the
+//! stream into episodes of its own (reset row FIRST, MID rows, LAST 1 s after the goal; see
+//! [`GoalRecorder`]), with rewards.
+
+use std::sync::Arc;
 
 use common::rng::{self, StreamRng};
 
+use super::actor_critic::GoalPolicy;
 use super::arena::Arena;
 use super::config::RiabConfig;
 use super::geometry::Vec2;
+use super::goal::{GoalAction, GoalRecorder};
 use super::motion::{Agents, MotionParams};
 use super::place_cells::PlaceCells;
 use super::teleport::Teleport;
@@ -23,6 +31,14 @@ enum Motion {
     Walk,
     /// `riab-teleport`: positions from the teleport path; the random walk is not stepped.
     Teleport(Teleport),
+    /// `riab-goal`: the random walk under the frozen policy's drift, cut into goal episodes.
+    Goal(GoalRecorder),
+}
+
+/// The place cells of the experiment seeded `seed`, from the stream `(seed, "cells")`: every
+/// actor's observation cells, and the inputs `riab-goal`'s policy is trained on.
+pub fn experiment_cells(config: &RiabConfig, arena: &Arena, seed: u64) -> PlaceCells {
+    PlaceCells::new(&config.cells, arena, &mut rng::stream(seed, &["cells".into()]))
 }
 
 pub struct RiabEnv {
@@ -42,18 +58,53 @@ pub struct RiabEnv {
 impl RiabEnv {
     /// `num_envs` agents for actor `actor_id` of the experiment seeded `seed`. Env i draws from
     /// the stream `(seed, "actor", actor_id, i)`; the cells from `(seed, "cells")`.
+    ///
+    /// # Panics
+    /// If the config has a goal: `riab-goal` needs its policy ([`RiabEnv::with_goal_policy`]).
     pub fn new(config: &RiabConfig, seed: u64, actor_id: u64, num_envs: usize) -> RiabEnv {
+        assert!(
+            config.goal.is_none(),
+            "riab-goal is driven by a trained policy: build it with RiabEnv::with_goal_policy"
+        );
+        Self::build(config, seed, actor_id, num_envs, None)
+    }
+
+    /// `riab-goal`'s env: as [`RiabEnv::new`], with the agents driven by `policy` (trained for this
+    /// config and seed, see `actor::goal_policy`). Fails if the config has no goal or the policy's
+    /// networks do not read this env's cells.
+    pub fn with_goal_policy(
+        config: &RiabConfig,
+        seed: u64,
+        actor_id: u64,
+        num_envs: usize,
+        policy: Arc<GoalPolicy>,
+    ) -> Result<RiabEnv, String> {
+        if config.goal.is_none() {
+            return Err("this env has no goal (env.goal), so it takes no goal policy".into());
+        }
+        policy.check(config.cells.n)?;
+        Ok(Self::build(config, seed, actor_id, num_envs, Some(policy)))
+    }
+
+    fn build(
+        config: &RiabConfig,
+        seed: u64,
+        actor_id: u64,
+        num_envs: usize,
+        policy: Option<Arc<GoalPolicy>>,
+    ) -> RiabEnv {
         let arena = Arena::new(&config.arena);
-        let cells = PlaceCells::new(&config.cells, &arena, &mut rng::stream(seed, &["cells".into()]));
+        let cells = experiment_cells(config, &arena, seed);
         let params = MotionParams::from_config(config);
         let mut rngs: Vec<StreamRng> =
             (0..num_envs).map(|i| rng::stream(seed, &["actor".into(), actor_id.into(), i.into()])).collect();
         let agents = Agents::new(&arena, &params, &mut rngs);
         let noise = if cells.has_noise() { vec![0.0; num_envs * cells.len()] } else { Vec::new() };
         let scratch = vec![0.0; cells.len()];
-        let motion = match &config.teleport {
-            Some(t) => Motion::Teleport(Teleport::new(t, config.dt, num_envs)),
-            None => Motion::Walk,
+        let motion = match (&config.teleport, &config.goal, policy) {
+            (_, Some(g), Some(policy)) => Motion::Goal(GoalRecorder::new(policy, g, config.dt, num_envs)),
+            (Some(t), _, _) => Motion::Teleport(Teleport::new(t, config.dt, num_envs)),
+            _ => Motion::Walk,
         };
         RiabEnv { arena, cells, params, agents, rngs, motion, noise, scratch, started: false }
     }
@@ -82,10 +133,34 @@ impl RiabEnv {
         &self.params
     }
 
+    /// Whether rows carry rewards (`riab-goal`).
+    pub fn has_rewards(&self) -> bool {
+        matches!(self.motion, Motion::Goal(_))
+    }
+
     /// Advances every agent one step (optionally under drift-velocity control) and writes the
-    /// rates, positions and step types of the new row into `frame`.
+    /// rates, positions and step types of the new row into `frame` (and its rewards, for
+    /// `riab-goal`, whose policy is the drift: `drift` must then be `None`).
     pub fn step(&mut self, frame: &mut Frame, drift: Option<&[Vec2]>) {
         match &mut self.motion {
+            Motion::Goal(g) => {
+                debug_assert!(drift.is_none(), "riab-goal's drift is its policy");
+                for (e, rng) in self.rngs.iter_mut().enumerate() {
+                    match g.action(e, &self.arena, rng) {
+                        GoalAction::Reset(p) => {
+                            self.agents.pos[e] = p;
+                            frame.rewards[e] = 0.0;
+                            frame.step_types[e] = StepType::First;
+                        }
+                        GoalAction::Move(u) => {
+                            self.agents.step_one(e, &self.arena, &self.params, rng, Some(u));
+                            let (reward, step_type) = g.after_move(e, &self.arena, self.agents.pos[e]);
+                            frame.rewards[e] = reward as f32;
+                            frame.step_types[e] = step_type;
+                        }
+                    }
+                }
+            }
             Motion::Walk => self.agents.step(&self.arena, &self.params, &mut self.rngs, drift),
             Motion::Teleport(t) => {
                 for (e, rng) in self.rngs.iter_mut().enumerate() {
@@ -117,7 +192,10 @@ impl RiabEnv {
             }
             frame.positions[2 * e] = p.x as f32;
             frame.positions[2 * e + 1] = p.y as f32;
-            frame.step_types[e] = step_type;
+            match &mut self.motion {
+                Motion::Goal(g) => g.observe(e, &self.scratch),
+                _ => frame.step_types[e] = step_type,
+            }
         }
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! Every env of an actor is one stream; its rows are appended to that env's open chunk, and a
 //! chunk is handed out when it holds `chunk_steps` steps (or on `flush`, at shutdown). Chunks of
-//! one stream carry consecutive sequence numbers from 0.
+//! one stream carry consecutive sequence numbers from 0, and each knows the index of its first
+//! step within the stream, which a writer needs to reopen a stream after a failure.
 
 use crate::envs::{EnvShape, Frame};
 
@@ -11,6 +12,9 @@ use crate::envs::{EnvShape, Frame};
 pub struct Chunk {
     pub env_index: u32,
     pub seq: u64,
+    /// Index (within the stream, from 0) of the chunk's first step: the `first_step` of the
+    /// stream header a writer sends when it reopens the stream at this chunk.
+    pub first_step: u64,
     pub steps: u32,
     pub observations: Vec<f32>,
     pub step_types: Vec<u8>,
@@ -19,16 +23,22 @@ pub struct Chunk {
 }
 
 impl Chunk {
-    fn with_capacity(env_index: u32, seq: u64, steps: usize, shape: &EnvShape) -> Chunk {
+    fn with_capacity(env_index: u32, seq: u64, first_step: u64, steps: usize, shape: &EnvShape) -> Chunk {
         Chunk {
             env_index,
             seq,
+            first_step,
             steps: 0,
             observations: Vec::with_capacity(steps * shape.obs_dim),
             step_types: Vec::with_capacity(steps),
             actions: Vec::with_capacity(steps * shape.action_dim),
             rewards: Vec::with_capacity(if shape.has_rewards { steps } else { 0 }),
         }
+    }
+
+    /// The empty chunk that follows this one in its stream.
+    fn successor(&self, steps: usize, shape: &EnvShape) -> Chunk {
+        Chunk::with_capacity(self.env_index, self.seq + 1, self.first_step + u64::from(self.steps), steps, shape)
     }
 }
 
@@ -41,7 +51,7 @@ pub struct Chunker {
 impl Chunker {
     pub fn new(num_envs: usize, shape: EnvShape, chunk_steps: usize) -> Chunker {
         assert!(chunk_steps > 0);
-        let open = (0..num_envs).map(|e| Chunk::with_capacity(e as u32, 0, chunk_steps, &shape)).collect();
+        let open = (0..num_envs).map(|e| Chunk::with_capacity(e as u32, 0, 0, chunk_steps, &shape)).collect();
         Chunker { chunk_steps, shape, open }
     }
 
@@ -57,7 +67,7 @@ impl Chunker {
             }
             chunk.steps += 1;
             if chunk.steps as usize == self.chunk_steps {
-                let next = Chunk::with_capacity(e as u32, chunk.seq + 1, self.chunk_steps, &self.shape);
+                let next = chunk.successor(self.chunk_steps, &self.shape);
                 emit(std::mem::replace(chunk, next));
             }
         }
@@ -67,7 +77,7 @@ impl Chunker {
     pub fn flush(&mut self, mut emit: impl FnMut(Chunk)) {
         for chunk in &mut self.open {
             if chunk.steps > 0 {
-                let next = Chunk::with_capacity(chunk.env_index, chunk.seq + 1, self.chunk_steps, &self.shape);
+                let next = chunk.successor(self.chunk_steps, &self.shape);
                 emit(std::mem::replace(chunk, next));
             }
         }
@@ -81,7 +91,7 @@ mod tests {
 
     #[test]
     fn chunks_are_consecutive_rows_of_one_env() {
-        let mut env = VecEnv::new(&EnvConfig::defaults(EnvId::Pendulum), 0, 0, 3);
+        let mut env = VecEnv::new(&EnvConfig::defaults(EnvId::Pendulum), 0, 0, 3, None).unwrap();
         let mut frame = env.new_frame();
         let mut chunker = Chunker::new(3, env.shape(), 4);
         let mut rows: Vec<Vec<f32>> = vec![Vec::new(); 3];
@@ -100,6 +110,7 @@ mod tests {
             let mine: Vec<&Chunk> = out.iter().filter(|c| c.env_index == e).collect();
             assert_eq!(mine.iter().map(|c| c.seq).collect::<Vec<_>>(), [0, 1, 2]);
             assert_eq!(mine.iter().map(|c| c.steps).collect::<Vec<_>>(), [4, 4, 2]);
+            assert_eq!(mine.iter().map(|c| c.first_step).collect::<Vec<_>>(), [0, 4, 8]);
             let joined: Vec<f32> = mine.iter().flat_map(|c| c.observations.iter().copied()).collect();
             assert_eq!(joined, rows[e as usize]);
             assert!(mine.iter().all(|c| c.actions.len() == c.steps as usize && c.rewards.len() == c.steps as usize));

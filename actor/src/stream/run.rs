@@ -1,32 +1,35 @@
 //! The actor process: `actor --env <id> --coordinator host:port`.
 //!
-//! 1. Register with the coordinator (retrying with backoff while it is not up) and heartbeat.
+//! 1. Register with the coordinator (retrying with backoff while it is not up, for at most
+//!    `connect_timeout`) and heartbeat. A coordinator that forgot this actor (it restarted) gets
+//!    the same registration again; one that is unreachable is retried with backoff, never fatal.
 //! 2. Fetch the experiment (env config, seed, chunk size) and the shard map.
 //! 3. Step E envs on a simulation thread; each env's chunks go to the shard its stream hashes to,
-//!    through a bounded queue per shard and one writer per shard.
+//!    through a bounded queue per shard and one writer per shard. A writer whose stream breaks
+//!    re-resolves its slot through the shared [`ShardResolver`], reconnects and resends what was
+//!    not acknowledged; meanwhile its full queue holds the simulation back.
 //! 4. On shutdown: stop stepping, send the partial chunks, wait up to `drain` for their
-//!    acknowledgements, and report what is still unacknowledged.
+//!    acknowledgements (reconnecting if needed), and report what is still unacknowledged.
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use common::config::ConfigDoc;
 use proto::pb::coordinator_client::CoordinatorClient;
-use proto::pb::replay_client::ReplayClient;
 use proto::pb::{self, Role};
-use tokio::sync::mpsc;
-use tonic::transport::{Channel, Endpoint};
+use tokio::sync::{mpsc, watch};
+use tonic::transport::Channel;
 
+use super::backoff::Backoff;
 use super::chunker::{Chunk, Chunker};
+use super::resolver::{endpoint, ShardResolver, MAX_MESSAGE_BYTES};
 use super::writer::{ShardWriter, WriterReport};
 use crate::envs::{EnvConfig, EnvId, VecEnv};
-
-/// gRPC message limit on the actor's channels (chunks are a few hundred KiB).
-const MAX_MESSAGE_BYTES: usize = 64 << 20;
 
 #[derive(Debug, Clone)]
 pub struct ActorOptions {
@@ -40,6 +43,25 @@ pub struct ActorOptions {
     pub connect_timeout: Duration,
     /// Stop after this many steps per env (tests, benchmarks); `None` runs until shutdown.
     pub max_steps: Option<u64>,
+    /// Where `riab-goal`'s trained policy is cached (`<workdir>/policies/`).
+    pub workdir: PathBuf,
+}
+
+impl ActorOptions {
+    /// The command line's defaults: 16 envs, actor 0, a 10 s drain, 60 s to reach the
+    /// coordinator, no step limit.
+    pub fn new(env: EnvId, coordinator: impl Into<String>) -> ActorOptions {
+        ActorOptions {
+            env,
+            coordinator: coordinator.into(),
+            envs: 16,
+            actor_id: 0,
+            drain: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(60),
+            max_steps: None,
+            workdir: PathBuf::from("dsm-work"),
+        }
+    }
 }
 
 /// What an actor did.
@@ -48,11 +70,29 @@ pub struct ActorReport {
     pub steps: u64,
     pub incarnation: u64,
     pub writers: Vec<WriterReport>,
+    /// (env index, seq) of chunks the simulation could not hand to a writer (it had stopped).
+    pub unsent: Vec<(u32, u64)>,
+    /// Times the actor registered again with a coordinator that had forgotten it.
+    pub reregistrations: u64,
 }
 
 impl ActorReport {
+    /// Chunks produced and never acknowledged: sent or queued ones, and ones never handed over.
     pub fn unacknowledged(&self) -> usize {
-        self.writers.iter().map(|w| w.unacknowledged.len()).sum()
+        self.writers.iter().map(|w| w.unacknowledged.len()).sum::<usize>() + self.unsent.len()
+    }
+
+    /// Steps acknowledged by the shards, duplicate acknowledgements included.
+    pub fn acked_steps(&self) -> u64 {
+        self.writers.iter().map(|w| w.acked_steps).sum()
+    }
+
+    pub fn resent_chunks(&self) -> u64 {
+        self.writers.iter().map(|w| w.resent_chunks).sum()
+    }
+
+    pub fn reconnects(&self) -> u64 {
+        self.writers.iter().map(|w| w.reconnects).sum()
     }
 }
 
@@ -63,36 +103,25 @@ pub fn new_incarnation() -> u64 {
     common::rng::splitmix64(nanos as u64 ^ (u64::from(std::process::id()) << 40))
 }
 
-async fn channel(addr: &str) -> Result<Channel> {
-    let uri = if addr.contains("://") { addr.to_string() } else { format!("http://{addr}") };
-    Ok(Endpoint::from_shared(uri.clone())
-        .with_context(|| format!("bad address {addr}"))?
-        .connect_timeout(Duration::from_secs(5))
-        .tcp_nodelay(true)
-        .http2_adaptive_window(true)
-        .connect()
-        .await?)
-}
-
 /// Connects to the coordinator, retrying with exponential backoff and jitter until `timeout`.
+/// The channel reconnects by itself later, so a coordinator restart needs no new one.
 async fn connect_coordinator(addr: &str, timeout: Duration) -> Result<CoordinatorClient<Channel>> {
     let start = Instant::now();
-    let mut backoff = Duration::from_millis(100);
-    let mut jitter = common::rng::stream(new_incarnation(), &["backoff".into()]);
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5), new_incarnation());
+    let endpoint = endpoint(addr).map_err(|e| anyhow!("--coordinator {e}"))?;
     loop {
-        match channel(addr).await {
+        match endpoint.connect().await {
             Ok(ch) => {
                 return Ok(CoordinatorClient::new(ch)
                     .max_decoding_message_size(MAX_MESSAGE_BYTES)
                     .max_encoding_message_size(MAX_MESSAGE_BYTES))
             }
             Err(e) if start.elapsed() < timeout => {
-                eprintln!("coordinator {addr} not reachable ({e:#}); retrying in {backoff:?}");
-                let j: f64 = rand::Rng::random(&mut jitter);
-                tokio::time::sleep(backoff.mul_f64(0.5 + j)).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                let delay = backoff.next_delay();
+                eprintln!("coordinator {addr} not reachable ({e}); retrying in {delay:.1?}");
+                tokio::time::sleep(delay).await;
             }
-            Err(e) => bail!("--coordinator {addr}: not reachable after {timeout:?}: {e:#}"),
+            Err(e) => bail!("--coordinator {addr}: not reachable after {timeout:?}: {e}"),
         }
     }
 }
@@ -110,17 +139,80 @@ fn status_line(what: &str, s: tonic::Status) -> anyhow::Error {
     anyhow!("{what}: {} ({:?})", s.message(), s.code())
 }
 
+/// Keeps this actor's lease until the process ends: a heartbeat every `every`. A coordinator
+/// that answers NOT_FOUND has forgotten the node (it restarted, and node ids are drawn afresh per
+/// start), so the actor registers again with the same identity (`registration`: actor id and
+/// incarnation, so its streams stay its own). An unreachable coordinator is retried with backoff
+/// and logged once per outage; it never stops the actor, whose data path does not need it.
+async fn keep_lease(
+    mut client: CoordinatorClient<Channel>,
+    registration: pb::RegisterRequest,
+    mut node_id: u64,
+    mut every: Duration,
+    reregistrations: Arc<AtomicU64>,
+) {
+    let mut backoff =
+        Backoff::new(Duration::from_millis(100), every.max(Duration::from_millis(100)), registration.incarnation ^ 1);
+    let mut failing_since: Option<Instant> = None;
+    let mut delay = every;
+    loop {
+        tokio::time::sleep(delay).await;
+        let mut request = tonic::Request::new(pb::HeartbeatRequest { node_id });
+        request.set_timeout(every.max(Duration::from_secs(1)));
+        let result = match client.heartbeat(request).await {
+            Ok(_) => Ok(()),
+            Err(s) if s.code() == tonic::Code::NotFound => {
+                match client.register(with_deadline(registration.clone())).await {
+                    Ok(r) => {
+                        let r = r.into_inner();
+                        eprintln!(
+                            "the coordinator no longer knew node {node_id} (did it restart?); registered again as node {}",
+                            r.node_id
+                        );
+                        node_id = r.node_id;
+                        every = Duration::from_millis(r.heartbeat_ms.max(100));
+                        reregistrations.fetch_add(1, Ordering::Relaxed);
+                        metrics::counter!("dsm_actor_reregistrations_total").increment(1);
+                        Ok(())
+                    }
+                    Err(s) => Err(format!("registering again: {} ({:?})", s.message(), s.code())),
+                }
+            }
+            Err(s) => Err(format!("{} ({:?})", s.message(), s.code())),
+        };
+        match result {
+            Ok(()) => {
+                if let Some(t) = failing_since.take() {
+                    eprintln!("coordinator reachable again after {:.1} s", t.elapsed().as_secs_f64());
+                }
+                backoff.reset();
+                delay = every;
+            }
+            Err(why) => {
+                if failing_since.is_none() {
+                    eprintln!("heartbeat failed: {why}; retrying with backoff");
+                    failing_since = Some(Instant::now());
+                }
+                metrics::counter!("dsm_actor_heartbeat_failures_total").increment(1);
+                delay = backoff.next_delay();
+            }
+        }
+    }
+}
+
 pub async fn run(opts: ActorOptions, shutdown: impl Future<Output = ()> + Send) -> Result<ActorReport> {
     let incarnation = new_incarnation();
     let mut coordinator = connect_coordinator(&opts.coordinator, opts.connect_timeout).await?;
+    let registration = pb::RegisterRequest {
+        role: Role::Actor as i32,
+        advertise: String::new(),
+        env_id: opts.env.to_string(),
+        actor_id: opts.actor_id,
+        incarnation,
+        shard_id: None,
+    };
     let reg = coordinator
-        .register(with_deadline(pb::RegisterRequest {
-            role: Role::Actor as i32,
-            advertise: String::new(),
-            env_id: opts.env.to_string(),
-            actor_id: opts.actor_id,
-            incarnation,
-        }))
+        .register(with_deadline(registration.clone()))
         .await
         .map_err(|s| status_line("registering with the coordinator", s))?
         .into_inner();
@@ -146,45 +238,42 @@ pub async fn run(opts: ActorOptions, shutdown: impl Future<Output = ()> + Send) 
     );
 
     // Heartbeats keep the lease; they stop with the process.
-    let heartbeat_every = Duration::from_millis(reg.heartbeat_ms.max(100));
-    let mut hb_client = coordinator.clone();
-    let heartbeat = tokio::spawn(async move {
-        let mut tick = tokio::time::interval(heartbeat_every);
-        loop {
-            tick.tick().await;
-            let mut req = tonic::Request::new(pb::HeartbeatRequest { node_id: reg.node_id });
-            req.set_timeout(heartbeat_every);
-            if let Err(s) = hb_client.heartbeat(req).await {
-                eprintln!("heartbeat failed: {}", s.message());
-            }
-        }
-    });
+    let reregistrations = Arc::new(AtomicU64::new(0));
+    let heartbeat = tokio::spawn(keep_lease(
+        coordinator.clone(),
+        registration,
+        reg.node_id,
+        Duration::from_millis(reg.heartbeat_ms.max(100)),
+        reregistrations.clone(),
+    ));
 
     // Streams → shards, one writer per shard used.
     let mut by_shard: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
     for e in 0..opts.envs as u32 {
         by_shard.entry(common::shard::shard_of(opts.actor_id, incarnation, e, k)).or_default().push(e);
     }
-    let probe = VecEnv::new(&env_config, doc.experiment()?.seed, opts.actor_id, 1);
-    let shape = probe.shape();
-    drop(probe);
+    // riab-goal's policy: trained once per experiment and cached under the workdir, off the async
+    // threads (the heartbeats keep the lease meanwhile).
+    let (config, workdir, policy_seed) = (env_config.clone(), opts.workdir.clone(), doc.experiment()?.seed);
+    let policy = tokio::task::spawn_blocking(move || {
+        crate::goal_policy::for_env(&config, policy_seed, &workdir, crate::goal_policy::log_event)
+    })
+    .await
+    .context("training the goal policy")??
+    .map(|(policy, report)| {
+        eprintln!("{}", report.summary());
+        policy
+    });
+    let env = VecEnv::new(&env_config, policy_seed, opts.actor_id, opts.envs, policy)?;
+    let shape = env.shape();
     let max_in_flight = experiment.max_in_flight_chunks.max(1) as usize;
     let mut senders: BTreeMap<u32, mpsc::Sender<Chunk>> = BTreeMap::new();
     let mut writers = Vec::new();
-    let mut channels: BTreeMap<String, Channel> = BTreeMap::new();
+    let resolver = Arc::new(ShardResolver::new(coordinator.clone(), map));
+    // Turns true on shutdown or when the simulation ends: each writer's drain clock starts then,
+    // even while it is reconnecting and cannot see its queue close.
+    let (drain_tx, drain_rx) = watch::channel(false);
     for (&shard, envs) in &by_shard {
-        let address = &map.slots[shard as usize].address;
-        let ch = match channels.get(address) {
-            Some(c) => c.clone(),
-            None => {
-                let c = channel(address).await.with_context(|| format!("connecting to shard {shard} at {address}"))?;
-                channels.insert(address.clone(), c.clone());
-                c
-            }
-        };
-        let client = ReplayClient::new(ch)
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES);
         let (tx, rx) = mpsc::channel(max_in_flight);
         senders.insert(shard, tx);
         let writer = ShardWriter {
@@ -197,25 +286,26 @@ pub async fn run(opts: ActorOptions, shutdown: impl Future<Output = ()> + Send) 
             has_rewards: shape.has_rewards,
             max_in_flight,
         };
-        writers.push(tokio::spawn(writer.run(client, envs.clone(), rx, opts.drain)));
+        writers.push(tokio::spawn(writer.run(resolver.clone(), envs.clone(), rx, drain_rx.clone(), opts.drain)));
     }
 
     // The simulation thread: blocking sends into bounded queues are the back-pressure.
     let stop = Arc::new(AtomicBool::new(false));
     let sim_stop = stop.clone();
-    let seed = doc.experiment()?.seed;
     let (envs, actor_id, chunk_steps, max_steps) =
         (opts.envs, opts.actor_id, experiment.chunk_steps.max(1) as usize, opts.max_steps);
     let shard_of_env: Vec<u32> =
         (0..envs as u32).map(|e| common::shard::shard_of(actor_id, incarnation, e, k)).collect();
-    let sim = tokio::task::spawn_blocking(move || -> u64 {
-        let mut env = VecEnv::new(&env_config, seed, actor_id, envs);
+    let sim = tokio::task::spawn_blocking(move || -> (u64, Vec<(u32, u64)>) {
+        let mut env = env;
         let mut frame = env.new_frame();
         let mut chunker = Chunker::new(envs, env.shape(), chunk_steps);
         let mut steps = 0u64;
         let mut alive = true;
-        let send = |c: Chunk, alive: &mut bool| {
-            if senders[&shard_of_env[c.env_index as usize]].blocking_send(c).is_err() {
+        let mut unsent = Vec::new();
+        let mut send = |c: Chunk, alive: &mut bool| {
+            if let Err(mpsc::error::SendError(c)) = senders[&shard_of_env[c.env_index as usize]].blocking_send(c) {
+                unsent.push((c.env_index, c.seq));
                 *alive = false; // a writer ended; stop stepping
             }
         };
@@ -228,7 +318,7 @@ pub async fn run(opts: ActorOptions, shutdown: impl Future<Output = ()> + Send) 
         if alive {
             chunker.flush(|c| send(c, &mut alive));
         }
-        steps
+        (steps, unsent)
     });
 
     tokio::pin!(shutdown);
@@ -239,12 +329,15 @@ pub async fn run(opts: ActorOptions, shutdown: impl Future<Output = ()> + Send) 
             () = &mut shutdown => {
                 eprintln!("shutting down: draining for at most {:?}", opts.drain);
                 stop.store(true, Ordering::Relaxed);
+                let _ = drain_tx.send(true);
                 sim.await
             }
         }
     };
-    let steps = sim_result.context("the simulation thread panicked")?;
-    let mut report = ActorReport { steps, incarnation, writers: Vec::new() };
+    // The simulation has ended: whatever the writers hold is all there will be.
+    let _ = drain_tx.send(true);
+    let (steps, unsent) = sim_result.context("the simulation thread panicked")?;
+    let mut report = ActorReport { steps, incarnation, writers: Vec::new(), unsent, reregistrations: 0 };
     let mut first_error = None;
     for w in writers {
         match w.await.context("a writer task panicked")? {
@@ -256,15 +349,23 @@ pub async fn run(opts: ActorOptions, shutdown: impl Future<Output = ()> + Send) 
         }
     }
     heartbeat.abort();
+    report.reregistrations = reregistrations.load(Ordering::Relaxed);
     let unacked = report.unacknowledged();
     if unacked > 0 {
         let list: Vec<String> = report
             .writers
             .iter()
             .flat_map(|w| w.unacknowledged.iter().map(move |(e, s)| format!("shard {} env {e} seq {s}", w.shard_id)))
+            .chain(report.unsent.iter().map(|(e, s)| format!("env {e} seq {s} (never sent)")))
             .collect();
         eprintln!("{unacked} chunks still unacknowledged at exit: {}", list.join(", "));
     }
+    eprintln!(
+        "acknowledged {} steps, resent {} chunks after {} reconnects",
+        report.acked_steps(),
+        report.resent_chunks(),
+        report.reconnects()
+    );
     if let Some(e) = first_error {
         return Err(e.into());
     }

@@ -9,7 +9,7 @@ use clap::Parser;
 
 use common::config::ConfigDoc;
 use coordinator::experiment::Experiment;
-use coordinator::server::serve_coordinator;
+use coordinator::server::{serve, ServeOptions};
 
 /// The control plane of a δ-model experiment: membership and leases, the experiment config, the
 /// shard map and the checkpoint registry, plus K replay shards served in-process.
@@ -29,10 +29,17 @@ struct Cli {
     /// HOST:PORT the shard map tells others (default: the bound address).
     #[arg(long)]
     advertise: Option<String>,
-    /// Number of in-process replay shards (K); overrides replay.shards.
+    /// Number of shard slots (K); overrides replay.shards. Fixed for the experiment's life: a
+    /// stream's shard is hash(stream id) mod K.
     #[arg(long)]
     shards: Option<u32>,
-    /// Directory for the coordinator's files (the resolved experiment is written there).
+    /// How many of the K slots this process serves in-process (slots 0..N); the others are
+    /// served by `replay --coordinator …` nodes as they register. Default: all K.
+    #[arg(long)]
+    hosted_shards: Option<u32>,
+    /// Directory for the coordinator's files: the resolved experiment (experiment.toml, reloaded
+    /// on a restart without --config), the checkpoint registry (registry.jsonl) and the hosted
+    /// shards' checkpoints (shards/shard-<id>/).
     #[arg(long, default_value = "dsm-work")]
     workdir: PathBuf,
     /// Serve Prometheus metrics at http://HOST:PORT/metrics.
@@ -59,8 +66,14 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<()> {
+    let saved = cli.workdir.join("experiment.toml");
     let mut doc = match &cli.config {
         Some(path) => ConfigDoc::load(path)?,
+        // A restarted coordinator keeps its experiment (the first actor may have fixed it).
+        None if saved.exists() => {
+            eprintln!("resuming the experiment in {} (pass --config to start another)", saved.display());
+            ConfigDoc::load(&saved)?
+        }
         None => ConfigDoc::empty(),
     };
     doc.apply_sets(&cli.sets)?;
@@ -81,12 +94,15 @@ async fn run(cli: Cli) -> Result<()> {
     if let Some(toml) = experiment.config_toml() {
         std::fs::write(cli.workdir.join("experiment.toml"), toml).context("writing experiment.toml")?;
     }
+    let slots = experiment.replay().shards;
+    let hosted = cli.hosted_shards.unwrap_or(slots);
+    anyhow::ensure!(hosted <= slots, "--hosted-shards {hosted} exceeds the {slots} shard slots (--shards)");
     println!(
-        "coordinator listening on {bound} (advertised as {advertise}; {} in-process shards; env {})",
-        experiment.replay().shards,
+        "coordinator listening on {bound} (advertised as {advertise}; {slots} shard slots, {hosted} in-process; env {})",
         experiment.env().map(|e| e.to_string()).unwrap_or_else(|| "set by the first actor".into())
     );
-    serve_coordinator(listener, advertise, experiment, shutdown_signal()).await?;
+    let options = ServeOptions { advertise, hosted_shards: Some(hosted), workdir: Some(cli.workdir.clone()) };
+    serve(listener, options, experiment, shutdown_signal()).await?;
     eprintln!("coordinator stopped");
     Ok(())
 }

@@ -16,7 +16,9 @@
 //!   the same `Insert` stream: chunks of ONE step, exactly one in flight.
 //! - **Sample** (windows/s): after filling a shard with 1M steps from 16 streams, `Sample` calls of
 //!   256 and 1024 windows from 1 and 4 clients (one connection each), and the same draws made
-//!   in-process through `Shard::sample` (no gRPC), to show where the time goes.
+//!   in-process through `Shard::sample` (no gRPC), to show where the time goes. The in-process
+//!   case also prints what a checkpoint of that full shard costs: the snapshot under the shard's
+//!   lock against the write (and fsync) that follows outside it.
 //! - **Memory**: a child process (a fresh heap, so earlier cases cannot pollute it) starts a server,
 //!   reads `VmRSS`/`VmHWM` from `/proc/self/status`, fills the shard with 1M steps (chunks generated
 //!   on the fly, never more than 16 alive per stream), reads them again and reports MiB per million
@@ -45,6 +47,7 @@ use coordinator::replay_config::ReplayConfig;
 use coordinator::server::{serve_coordinator, MAX_MESSAGE_BYTES};
 use coordinator::service::validate;
 use coordinator::shard::{PackedWindows, Shard};
+use coordinator::shard_checkpoint::CheckpointDir;
 use coordinator::table::StreamSpec;
 use proto::pb::replay_client::ReplayClient;
 use proto::pb::{self, insert_request::Kind};
@@ -185,6 +188,7 @@ impl Synth {
                 has_rewards: spec.has_rewards,
                 first_seq: 0,
                 env_id: self.env.id().to_string(),
+                first_step: 0,
             })),
         }
     }
@@ -629,6 +633,40 @@ async fn sample(server: &Server, env: Env, clients: usize, count: usize, seconds
 /// service does per chunk) on pre-built chunks from 16 streams, `rounds` times `fill_steps` steps
 /// (so every round after the first also evicts), timing only the inserts; then `Shard::sample`
 /// with a fresh output per call, as the service calls it.
+/// What a checkpoint of the full in-process shard costs: how long the snapshot holds the shard's
+/// lock (inserts and samples wait for this only) against the write that follows outside it (to
+/// the system's temporary directory, fsync included), and reading it back. One line on stderr.
+fn checkpoint_cost(shard: &Shard, env: Env) -> Result<()> {
+    let root = std::env::temp_dir().join(format!("replay_bench-checkpoint-{}", std::process::id()));
+    let dir = CheckpointDir::new(&root, 1);
+    let start = Instant::now();
+    let snapshot = shard.snapshot();
+    let locked = start.elapsed();
+    let start = Instant::now();
+    let written = dir.write(&snapshot, 1);
+    let write = start.elapsed();
+    drop(snapshot);
+    let start = Instant::now();
+    let loaded = dir.load_latest(shard.id());
+    let read = start.elapsed();
+    let _ = std::fs::remove_dir_all(&root);
+    let written = written?;
+    ensure!(loaded?.checkpoint.is_some(), "the checkpoint just written did not load");
+    eprintln!(
+        "  checkpoint {}: {} steps in {} chunks, {:.0} MB: snapshot under the lock {:.2} ms, write + fsync {:.0} ms, \
+         read back {:.0} ms ({})",
+        env.name(),
+        thousands(written.stored_steps as f64),
+        thousands(written.chunks as f64),
+        written.bytes as f64 / 1e6,
+        locked.as_secs_f64() * 1e3,
+        write.as_secs_f64() * 1e3,
+        read.as_secs_f64() * 1e3,
+        root.parent().map_or_else(String::new, |p| p.display().to_string()),
+    );
+    Ok(())
+}
+
 fn in_process(env: Env, fill_steps: usize, rounds: usize, count: usize, seconds: f64) -> Result<[Row; 2]> {
     const STREAMS: u64 = 16;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
@@ -639,7 +677,7 @@ fn in_process(env: Env, fill_steps: usize, rounds: usize, count: usize, seconds:
     for id in &ids {
         let Some(Kind::Open(header)) = synth.open(id).kind else { unreachable!("open() builds an open") };
         let (key, spec) = validate::header(&header).map_err(|r| anyhow!("{r}"))?;
-        shard.open(key, spec, 0).map_err(|r| anyhow!("{r}"))?;
+        shard.open(0, key, spec, 0, 0).map_err(|r| anyhow!("{r}"))?;
     }
     let per_round = fill_steps / CHUNK_STEPS;
     let (mut steps, mut timed) = (0u64, Duration::ZERO);
@@ -660,6 +698,7 @@ fn in_process(env: Env, fill_steps: usize, rounds: usize, count: usize, seconds:
         steps += (per_round * CHUNK_STEPS) as u64;
     }
     ensure!(shard.stats().inserted_steps == steps, "the in-process shard did not take every step");
+    checkpoint_cost(&shard, env)?;
     let insert = Row {
         measure: Measure::InProcessInsert,
         env,
@@ -1023,7 +1062,7 @@ mod tests {
             let Some(Kind::Open(h)) = synth.open(&id).kind else { panic!("not an open") };
             let (key, spec) = validate::header(&h).unwrap();
             assert_eq!(spec, env.spec());
-            shard.open(key, spec, 0).unwrap();
+            shard.open(0, key, spec, 0, 0).unwrap();
             let (_, data) = validate::chunk(&shard, synth.chunk(&id, 0)).unwrap();
             assert_eq!(data.payload_bytes(), CHUNK_STEPS * env.step_bytes());
             assert_eq!(data.step_types[0], 0);

@@ -13,13 +13,7 @@ use tonic::{Request, Response, Status};
 use crate::experiment::{Experiment, ExperimentError};
 use crate::membership::{Membership, MembershipError, NodeRole};
 use crate::registry::{CheckpointRecord, Registry, RegistryError};
-
-/// The shard map: K slots and where each is served.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ShardMap {
-    pub version: u64,
-    pub addresses: Vec<String>,
-}
+use crate::shard_map::{Server, ShardMap, ShardMapError};
 
 /// Everything the coordinator knows, shared by its service and its lease reaper.
 pub struct CoordinatorState {
@@ -29,31 +23,53 @@ pub struct CoordinatorState {
     pub registry: Mutex<Registry>,
     watchers: broadcast::Sender<CheckpointRecord>,
     heartbeat: Duration,
+    /// Where an experiment fixed by the first actor is saved (`experiment.toml`), so a restarted
+    /// coordinator serves the same one.
+    experiment_file: Option<std::path::PathBuf>,
 }
 
 impl CoordinatorState {
-    pub fn new(experiment: Experiment, shard_map: ShardMap) -> Arc<Self> {
+    /// `registry` is the registry restored from the workdir (or empty).
+    pub fn new(
+        experiment: Experiment,
+        shard_map: ShardMap,
+        registry: Registry,
+        experiment_file: Option<std::path::PathBuf>,
+    ) -> Arc<Self> {
         let lease = Duration::from_secs_f64(experiment.replay().lease_seconds);
         let heartbeat = Duration::from_secs_f64(experiment.replay().heartbeat_seconds);
         let (watchers, _) = broadcast::channel(64);
         Arc::new(CoordinatorState {
             experiment: Mutex::new(experiment),
-            membership: Mutex::new(Membership::new(lease)),
+            membership: Mutex::new(Membership::with_first_id(lease, random_first_id())),
             shard_map: Mutex::new(shard_map),
-            registry: Mutex::new(Registry::default()),
+            registry: Mutex::new(registry),
             watchers,
             heartbeat,
+            experiment_file,
         })
     }
 
-    /// Drops nodes whose lease ran out; returns how many.
+    /// Drops nodes whose lease ran out, and frees the shard slots they served; returns how many
+    /// nodes left.
     pub fn reap(&self, now: Instant) -> usize {
-        let gone = lock(&self.membership).expire(now);
+        let mut membership = lock(&self.membership);
+        let gone = membership.expire(now);
+        let mut map = lock(&self.shard_map);
         for node in &gone {
-            eprintln!("lease expired: node {} ({:?}, {})", node.id, node.role, node.advertise);
+            let freed = map.release(node.id);
+            if freed.is_empty() {
+                eprintln!("lease expired: node {} ({:?}, {})", node.id, node.role, node.advertise);
+            } else {
+                eprintln!(
+                    "lease expired: node {} ({:?}, {}); shard slot(s) {freed:?} unserved; {map}",
+                    node.id, node.role, node.advertise
+                );
+            }
         }
         metrics::counter!("dsm_coordinator_expired_leases_total").increment(gone.len() as u64);
-        metrics::gauge!("dsm_coordinator_nodes").set(lock(&self.membership).len() as f64);
+        metrics::gauge!("dsm_coordinator_nodes").set(membership.len() as f64);
+        publish_map_gauges(&map);
         gone.len()
     }
 
@@ -65,6 +81,17 @@ impl CoordinatorState {
             self.reap(Instant::now());
         }
     }
+}
+
+/// A random starting node id (53 bits, so ids print and parse everywhere), from the clock.
+fn random_first_id() -> u64 {
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+    (common::rng::splitmix64(nanos ^ u64::from(std::process::id())) >> 11).max(1)
+}
+
+fn publish_map_gauges(map: &ShardMap) {
+    metrics::gauge!("dsm_coordinator_shard_map_version").set(map.version() as f64);
+    metrics::gauge!("dsm_coordinator_unserved_shards").set(map.unserved().count() as f64);
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -109,22 +136,64 @@ impl Coordinator for CoordinatorService {
             if req.env_id.is_empty() {
                 return Err(Status::invalid_argument("env_id: an actor must say which env it runs"));
             }
-            lock(&self.state.experiment).admit(&req.env_id).map_err(|e| match e {
+            let mut experiment = lock(&self.state.experiment);
+            let was_open = experiment.env().is_none();
+            experiment.admit(&req.env_id).map_err(|e| match e {
                 ExperimentError::Mismatch { .. } | ExperimentError::BadEnv { .. } => {
                     Status::failed_precondition(e.to_string())
                 }
                 ExperimentError::UnknownEnv(_) => Status::invalid_argument(e.to_string()),
             })?;
+            if let (true, Some(path), Some(toml)) = (was_open, &self.state.experiment_file, experiment.config_toml()) {
+                if let Err(e) = std::fs::write(path, toml) {
+                    eprintln!("warning: saving the experiment to {}: {e}", path.display());
+                }
+            }
+        }
+        if role == NodeRole::Replay && req.advertise.is_empty() {
+            return Err(Status::invalid_argument("advertise: a replay node must say where it serves (HOST:PORT)"));
         }
         let actor_id = (role == NodeRole::Actor).then_some(req.actor_id);
         let mut m = lock(&self.state.membership);
-        let id = m.register(role, req.advertise, actor_id, req.incarnation, Instant::now());
+        let mut map = lock(&self.state.shard_map);
+        // A replay node that restarted at the same address replaces its previous registration at
+        // once; a different node must wait until the holder's lease expires.
+        if let (NodeRole::Replay, Some(wanted)) = (role, req.shard_id) {
+            if let Some(Server::Node { id: old, address }) = map.slots().get(wanted as usize).cloned() {
+                if address == req.advertise {
+                    map.release(old);
+                    m.remove(old);
+                }
+            }
+        }
+        let id = m.register(role, req.advertise.clone(), actor_id, req.incarnation, Instant::now());
+        let mut shard_id = 0;
+        if role == NodeRole::Replay {
+            match map.assign(id, &req.advertise, req.shard_id) {
+                Ok(slot) => {
+                    shard_id = slot;
+                    eprintln!("replay node {id} at {} serves shard slot {slot}; {map}", req.advertise);
+                }
+                Err(e) => {
+                    m.remove(id);
+                    return Err(match e {
+                        ShardMapError::NoSuchSlot { .. } => Status::invalid_argument(e.to_string()),
+                        ShardMapError::Hosted(_) => Status::failed_precondition(e.to_string()),
+                        ShardMapError::Taken { .. } => Status::already_exists(e.to_string()),
+                        ShardMapError::Full(_) => Status::resource_exhausted(e.to_string()),
+                    });
+                }
+            }
+            publish_map_gauges(&map);
+        }
         metrics::counter!("dsm_coordinator_registrations_total").increment(1);
         metrics::gauge!("dsm_coordinator_nodes").set(m.len() as f64);
         Ok(Response::new(pb::RegisterResponse {
             node_id: id,
             lease_ms: m.lease().as_millis() as u64,
             heartbeat_ms: self.state.heartbeat.as_millis() as u64,
+            shard_id,
+            num_shards: map.num_slots(),
         }))
     }
 
@@ -159,12 +228,16 @@ impl Coordinator for CoordinatorService {
     async fn get_shard_map(&self, _: Request<pb::GetShardMapRequest>) -> Result<Response<pb::ShardMap>, Status> {
         let map = lock(&self.state.shard_map);
         Ok(Response::new(pb::ShardMap {
-            version: map.version,
+            version: map.version(),
             slots: map
-                .addresses
+                .slots()
                 .iter()
                 .enumerate()
-                .map(|(i, a)| pb::ShardSlot { shard_id: i as u32, address: a.clone() })
+                .map(|(i, s)| pb::ShardSlot {
+                    shard_id: i as u32,
+                    address: s.address().unwrap_or_default().to_string(),
+                    node_id: s.node_id(),
+                })
                 .collect(),
         }))
     }

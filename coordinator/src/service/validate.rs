@@ -37,13 +37,14 @@ fn violation(field: &'static str) -> impl Fn(FieldViolation) -> Refused {
 }
 
 /// Checks a chunk against its stream's declared shape and turns it into table data. The sequence
-/// number is checked again by the shard under its lock.
+/// number is checked again by the shard under its lock. A chunk below the next sequence number (a
+/// resend) passes here like any other and is then acknowledged by the shard as a duplicate.
 pub fn chunk(shard: &Shard, c: pb::Chunk) -> Result<(StreamKey, ChunkData), Refused> {
     let key = stream_key("chunk.stream", c.stream.as_ref())?;
     let cursor = shard
         .cursor(&key)
         .ok_or_else(|| Refused::new(Code::FailedPrecondition, "chunk.stream", "stream was never opened"))?;
-    if c.seq != cursor.next_seq {
+    if c.seq > cursor.next_seq {
         return Err(Refused::new(
             Code::OutOfRange,
             "chunk.seq",
