@@ -362,3 +362,55 @@ async fn interrupted_checkpoints_are_skipped_on_start() {
     let s = stats(&raddr, 0).await;
     assert_eq!((s.restored_from.as_str(), s.size_steps), ("", 0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sampling_client_goes_on_without_a_dead_shard_and_takes_it_back() {
+    use coordinator::sampling_client::{SamplingClient, SamplingOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let pendulum = config("pendulum.toml");
+    let mut args = vec!["--config", &pendulum, "--shards", "2", "--hosted-shards", "0"];
+    args.extend_from_slice(&FAST_LEASES);
+    let (_coordinator, addr) = coordinator(&dir.path().join("c"), &args);
+    let (r0, a0) = replay("replay-0", &addr, &dir.path().join("r0"));
+    let (mut r1, a1) = replay("replay-1", &addr, &dir.path().join("r1"));
+    let (s0, s1) = (slot_of(&r0), slot_of(&r1));
+    let mut a = actor("actor", &addr, 0);
+    inserted_at_least(&a0, s0, 1_000).await;
+    inserted_at_least(&a1, s1, 1_000).await;
+    let options = SamplingOptions { batch_size: 64, prefetch: 1, ..Default::default() };
+    let mut client = SamplingClient::connect(&addr, options).await.unwrap();
+    for _ in 0..5 {
+        next(&mut client).await;
+    }
+    let before = client.windows_per_shard();
+    assert!(before[s0 as usize] > 0 && before[s1 as usize] > 0, "{before:?}");
+
+    r1.kill9();
+    // Batches keep coming, from the surviving shard (after the one or two prefetched earlier).
+    for _ in 0..10 {
+        let b = next(&mut client).await;
+        assert_eq!(b.windows, 64);
+    }
+    let during = client.windows_per_shard();
+    assert!(client.failures_per_shard()[s1 as usize] >= 1, "the dead shard was set aside");
+    assert!(during[s0 as usize] >= before[s0 as usize] + 8 * 64, "{before:?} → {during:?}");
+
+    // Back (no checkpoint in its workdir: it takes the free slot once the old lease expires).
+    let (r1b, a1b) = replay("replay-1b", &addr, &dir.path().join("r1"));
+    assert_eq!(slot_of(&r1b), s1);
+    inserted_at_least(&a1b, s1, 500).await;
+    let start = Instant::now();
+    loop {
+        let b = next(&mut client).await;
+        if b.shards.contains(&s1) {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "the client never sampled the restarted shard");
+    }
+    a.stop(Duration::from_secs(20));
+}
+
+/// The next batch, within 20 s.
+async fn next(client: &mut coordinator::sampling_client::SamplingClient) -> coordinator::sampling_client::SampleBatch {
+    tokio::time::timeout(Duration::from_secs(20), client.next()).await.expect("a batch in 20 s").unwrap()
+}
