@@ -5,10 +5,35 @@
 //! reference sizes (`JesseFarebro/distributional-sr` `base()`: O 51, I 32, Z 8, 256-wide, batch 64,
 //! 2.5M iterations). Everything else (γ 0.95, H 6, Adam 6.25e-5 / 1.5e-4, Polyak 0.01, the
 //! kernels) is shared by both.
+//!
+//! The reference's variant configs (dsm-algorithm.md §1.1) are keys whose defaults are the δ-model:
+//! `model.distributional`, `model.inner_separate_discriminator`, `model.cumulant_is_source_state`, the
+//! kernels (`model.{inner,outer}_kernel`, `_bandwidths`, `_adaptive_bandwidth`) and
+//! `train.discriminator_steps`. [`LearnerConfig::resolve`] checks their combinations as the reference's
+//! `Config.__post_init__` does, naming the key.
 
 use serde::{Deserialize, Serialize};
 
 use common::config::{merge, to_table, typed, ConfigDoc, ConfigError};
+
+use crate::loss::kernels::Kernel;
+use crate::loss::mmd::Bandwidth;
+
+/// The kernel names `model.inner_kernel` and `model.outer_kernel` accept (the reference's kernel classes in
+/// `dsm/kernels.py`; each sums over its bandwidth list).
+pub const KERNEL_NAMES: [&str; 4] = ["rational_quadratic", "inverse_multi_quadric", "rbf", "cauchy"];
+
+/// The kernel a config name stands for, with the given bandwidths; `None` for an unknown name.
+pub fn kernel_from_name(name: &str, bandwidths: &[f64]) -> Option<Kernel> {
+    let b = bandwidths.to_vec();
+    match name {
+        "rational_quadratic" => Some(Kernel::RationalQuadratic(b)),
+        "inverse_multi_quadric" => Some(Kernel::InverseMultiQuadric(b)),
+        "rbf" => Some(Kernel::Rbf(b)),
+        "cauchy" => Some(Kernel::Cauchy(b)),
+        _ => None,
+    }
+}
 
 /// `[model]`: shapes of the δ-model and of its Bellman target.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -37,8 +62,64 @@ pub struct ModelConfig {
     /// true: the δ-model (outer MMD over atoms); false: an ensemble of γ-models (the SR baseline
     /// with `num_outer = 1`).
     pub distributional: bool,
-    /// Shape parameters α of the inner rational-quadratic kernel mixture.
+    /// The inner kernel, on (embedded) state samples: one of [`KERNEL_NAMES`] (`inner_kernel`; the reference's
+    /// `RationalQuadraticKernel`).
+    pub inner_kernel: String,
+    /// The inner kernel's bandwidths (for the rational quadratic kernel its shape parameters α).
     pub inner_bandwidths: Vec<f64>,
+    /// Scale the inner squared distances by the median heuristic of each inner MMD (dsm-algorithm.md §3.4;
+    /// `inner_kernel_adaptive_bandwidth`); needs exactly one inner bandwidth. false: h = 1.
+    pub inner_adaptive_bandwidth: bool,
+    /// The outer kernel, on the inner MMD² distances between atoms: one of [`KERNEL_NAMES`] (`outer_kernel`;
+    /// the reference's `InverseMultiQuadricKernel`). Unused when `distributional = false`.
+    pub outer_kernel: String,
+    /// The outer kernel's bandwidths.
+    pub outer_bandwidths: Vec<f64>,
+    /// Scale the outer distances by the median heuristic of each batch row (§3.5;
+    /// `outer_kernel_adaptive_bandwidth`). false: h = 1.
+    pub outer_adaptive_bandwidth: bool,
+    /// One discriminator φ per (batch slot, atom) instead of one shared φ (`inner_separate_discriminator`,
+    /// §2.2, quirk Q2): the reference's γ-model ensemble and SR baseline.
+    pub inner_separate_discriminator: bool,
+    /// The successor measure counts the source state: horizon index j = K − 1 ≥ 0 (true, the δ-model), or
+    /// j = K ≥ 1 (false, the single-step model); §3.2.
+    pub cumulant_is_source_state: bool,
+}
+
+impl ModelConfig {
+    /// The inner kernel named by `inner_kernel` with `inner_bandwidths`.
+    ///
+    /// # Panics
+    /// On an unknown name (a resolved [`LearnerConfig`] has none).
+    pub fn inner(&self) -> Kernel {
+        kernel_from_name(&self.inner_kernel, &self.inner_bandwidths).expect("model.inner_kernel was validated")
+    }
+
+    /// The outer kernel named by `outer_kernel` with `outer_bandwidths`.
+    ///
+    /// # Panics
+    /// On an unknown name (a resolved [`LearnerConfig`] has none).
+    pub fn outer(&self) -> Kernel {
+        kernel_from_name(&self.outer_kernel, &self.outer_bandwidths).expect("model.outer_kernel was validated")
+    }
+
+    /// The inner MMDs' bandwidth: the median heuristic, or h = 1.
+    pub fn inner_bandwidth(&self) -> Bandwidth {
+        if self.inner_adaptive_bandwidth {
+            Bandwidth::Median
+        } else {
+            Bandwidth::Fixed(1.0)
+        }
+    }
+
+    /// The outer MMD's bandwidth: the median heuristic, or h = 1.
+    pub fn outer_bandwidth(&self) -> Bandwidth {
+        if self.outer_adaptive_bandwidth {
+            Bandwidth::Median
+        } else {
+            Bandwidth::Fixed(1.0)
+        }
+    }
 }
 
 impl Default for ModelConfig {
@@ -55,7 +136,14 @@ impl Default for ModelConfig {
             horizon: 6,
             bootstrap: true,
             distributional: true,
+            inner_kernel: "rational_quadratic".into(),
             inner_bandwidths: vec![0.2, 0.5, 1.0, 2.0, 5.0],
+            inner_adaptive_bandwidth: false,
+            outer_kernel: "inverse_multi_quadric".into(),
+            outer_bandwidths: vec![1.0],
+            outer_adaptive_bandwidth: true,
+            inner_separate_discriminator: false,
+            cumulant_is_source_state: true,
         }
     }
 }
@@ -84,6 +172,9 @@ pub struct TrainConfig {
     /// independent per-row terms, so accumulating the gradients of row chunks gives the same
     /// gradient with a fraction of the memory; the Pendulum sizes need it on a CPU.
     pub batch_chunk: usize,
+    /// Discriminator steps per iteration (`num_discriminator_steps`): 1, or 0 for no discriminator at all
+    /// (the `median` variant: the kernels act on raw states, φ is never applied or trained).
+    pub discriminator_steps: usize,
 }
 
 impl Default for TrainConfig {
@@ -98,6 +189,7 @@ impl Default for TrainConfig {
             keep_checkpoints: 3,
             log_every: 1_000,
             batch_chunk: 0,
+            discriminator_steps: 1,
         }
     }
 }
@@ -151,8 +243,25 @@ impl LearnerConfig {
         if !(0.0..1.0).contains(&m.gamma) {
             return bad("model", format!("model.gamma must be in [0, 1), got {}", m.gamma));
         }
-        if m.inner_bandwidths.is_empty() || m.inner_bandwidths.iter().any(|b| !(b.is_finite() && *b > 0.0)) {
-            return bad("model", "model.inner_bandwidths must list positive numbers".into());
+        for (key, name, bandwidths) in
+            [("inner", &m.inner_kernel, &m.inner_bandwidths), ("outer", &m.outer_kernel, &m.outer_bandwidths)]
+        {
+            if kernel_from_name(name, bandwidths).is_none() {
+                return bad("model", format!("model.{key}_kernel must be one of {KERNEL_NAMES:?}, got {name:?}"));
+            }
+            if bandwidths.is_empty() || bandwidths.iter().any(|b| !(b.is_finite() && *b > 0.0)) {
+                return bad("model", format!("model.{key}_bandwidths must list positive numbers"));
+            }
+        }
+        // `Config.__post_init__`: an adaptive inner bandwidth has exactly one bandwidth.
+        if m.inner_adaptive_bandwidth && m.inner_bandwidths.len() != 1 {
+            return bad(
+                "model",
+                format!(
+                    "model.inner_adaptive_bandwidth = true needs exactly one model.inner_bandwidths entry, got {}",
+                    m.inner_bandwidths.len()
+                ),
+            );
         }
         let t = &self.train;
         if t.batch_size == 0 || t.checkpoint_every == 0 || t.keep_checkpoints == 0 || t.log_every == 0 {
@@ -168,6 +277,19 @@ impl LearnerConfig {
         }
         if !(t.target_update > 0.0 && t.target_update <= 1.0) {
             return bad("train", format!("train.target_update must be in (0, 1], got {}", t.target_update));
+        }
+        if t.discriminator_steps > 1 {
+            return bad(
+                "train",
+                format!("train.discriminator_steps must be 0 (no discriminator) or 1, got {}", t.discriminator_steps),
+            );
+        }
+        if t.discriminator_steps == 0 && m.inner_separate_discriminator {
+            return bad(
+                "model",
+                "model.inner_separate_discriminator = true needs a discriminator (train.discriminator_steps = 1)"
+                    .into(),
+            );
         }
         Ok(())
     }
@@ -199,11 +321,45 @@ mod tests {
             ("model.num_outr=3", "num_outr"),
             ("train.learning_rate=0", "train.learning_rate"),
             ("train.target_update=2", "train.target_update"),
+            ("model.inner_kernel=gaussian", "model.inner_kernel"),
+            ("model.outer_kernel=energy", "model.outer_kernel"),
+            ("model.outer_bandwidths=[]", "model.outer_bandwidths"),
+            ("model.inner_adaptive_bandwidth=true", "model.inner_adaptive_bandwidth"),
+            ("train.discriminator_steps=2", "train.discriminator_steps"),
         ] {
             let mut doc = ConfigDoc::empty();
             doc.apply_set(set).unwrap();
             let err = LearnerConfig::resolve(&doc).unwrap_err().to_string();
             assert!(err.contains(needle), "{set}: {err}");
         }
+    }
+
+    /// The variant keys default to the thesis δ-model, and the variants of dsm-algorithm.md §1.1 resolve.
+    #[test]
+    fn variant_keys_default_to_the_delta_model() {
+        let c = LearnerConfig::resolve(&ConfigDoc::empty()).unwrap();
+        let m = &c.model;
+        assert_eq!((m.inner(), m.inner_bandwidth()), (Kernel::rq_default(), Bandwidth::Fixed(1.0)));
+        assert_eq!((m.outer(), m.outer_bandwidth()), (Kernel::imq(1.0), Bandwidth::Median));
+        assert!(m.distributional && m.cumulant_is_source_state && !m.inner_separate_discriminator);
+        assert_eq!(c.train.discriminator_steps, 1);
+
+        let mut doc = ConfigDoc::empty();
+        doc.apply_sets(&[
+            "model.inner_kernel=rbf",
+            "model.inner_bandwidths=[1.0]",
+            "model.inner_adaptive_bandwidth=true",
+            "model.outer_kernel=rbf",
+            "train.discriminator_steps=0",
+        ])
+        .unwrap();
+        let m = LearnerConfig::resolve(&doc).unwrap().model;
+        assert_eq!((m.inner(), m.inner_bandwidth()), (Kernel::rbf(1.0), Bandwidth::Median));
+        assert_eq!((m.outer(), m.outer_bandwidth()), (Kernel::rbf(1.0), Bandwidth::Median));
+
+        // A separate discriminator needs a discriminator.
+        doc.apply_set("model.inner_separate_discriminator=true").unwrap();
+        let err = LearnerConfig::resolve(&doc).unwrap_err().to_string();
+        assert!(err.contains("model.inner_separate_discriminator"), "{err}");
     }
 }

@@ -1,26 +1,43 @@
-//! `learner`: trains a δ-model on an offline dataset written by `actor simulate`.
+//! `learner`: trains a δ-model on an offline dataset written by `actor simulate`, or on windows
+//! from a running coordinator's replay store.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Result;
 use burn::backend::{Autodiff, NdArray};
-use clap::Parser;
+use clap::{ArgGroup, Parser};
 
 use common::config::ConfigDoc;
-use learner::train::run::run;
+use learner::train::replay_source::ReplayOptions;
+use learner::train::run::{run, run_from_coordinator};
 
-/// Train a δ-model (distributional successor measure) on an offline `.npz` dataset, with
-/// checkpoints and resume. Runs on the CPU (burn's ndarray backend).
+/// Train a δ-model (distributional successor measure) on an offline `.npz` dataset or on the
+/// replay store of a running coordinator, with checkpoints and resume. Runs on the CPU (burn's
+/// ndarray backend).
 #[derive(Debug, Parser)]
 #[command(name = "learner", version, about)]
+#[command(group(ArgGroup::new("source").required(true).args(["dataset", "coordinator"])))]
 struct Cli {
     /// Experiment file with [experiment], [model] and [train] sections (see configs/).
     #[arg(long)]
     config: Option<PathBuf>,
     /// Dataset written by `actor simulate` (observations and step_type are used).
     #[arg(long)]
-    dataset: PathBuf,
+    dataset: Option<PathBuf>,
+    /// Train from the replay store of the coordinator at HOST:PORT instead of a dataset. Its
+    /// experiment must serve windows of model.horizon + 1 steps and the model's state size;
+    /// every checkpoint is published to its registry. Retried for --connect-timeout-seconds.
+    #[arg(long, value_name = "HOST:PORT")]
+    coordinator: Option<String>,
+    /// With --coordinator: batches kept ready ahead of training (each iteration takes two)
+    /// [default: 8].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..), conflicts_with = "dataset")]
+    prefetch: Option<u64>,
+    /// With --coordinator: how long to keep retrying a coordinator that is not up, or has no
+    /// experiment yet, at start [default: 60].
+    #[arg(long, conflicts_with = "dataset")]
+    connect_timeout_seconds: Option<u64>,
     /// Total iterations (one discriminator step + one generator step each); overrides
     /// train.steps. A resumed run continues up to this count.
     #[arg(long)]
@@ -52,7 +69,20 @@ fn main_inner(cli: Cli) -> Result<()> {
     if let Some(steps) = cli.steps {
         doc.apply_set(&format!("train.steps={steps}"))?;
     }
-    run::<Autodiff<NdArray>>(doc, &cli.dataset, &cli.workdir, Default::default())?;
+    match (&cli.dataset, cli.coordinator) {
+        (Some(dataset), _) => run::<Autodiff<NdArray>>(doc, dataset, &cli.workdir, Default::default())?,
+        (None, Some(coordinator)) => {
+            let mut options = ReplayOptions::new(coordinator);
+            if let Some(n) = cli.prefetch {
+                options.prefetch = n as usize;
+            }
+            if let Some(s) = cli.connect_timeout_seconds {
+                options.connect_timeout = std::time::Duration::from_secs(s);
+            }
+            run_from_coordinator::<Autodiff<NdArray>>(doc, &options, &cli.workdir, Default::default())?
+        }
+        (None, None) => anyhow::bail!("give --dataset FILE or --coordinator HOST:PORT"),
+    };
     Ok(())
 }
 
@@ -64,5 +94,18 @@ mod tests {
     #[test]
     fn cli_is_well_formed() {
         Cli::command().debug_assert();
+    }
+
+    /// Exactly one data source: --dataset or --coordinator.
+    #[test]
+    fn one_data_source_is_required() {
+        let parse = |args: &[&str]| Cli::try_parse_from([&["learner"], args].concat());
+        assert!(parse(&["--dataset", "d.npz"]).is_ok());
+        let cli = parse(&["--coordinator", "127.0.0.1:50051", "--prefetch", "4"]).unwrap();
+        assert_eq!((cli.coordinator.as_deref(), cli.prefetch), (Some("127.0.0.1:50051"), Some(4)));
+        assert!(parse(&[]).is_err());
+        assert!(parse(&["--dataset", "d.npz", "--coordinator", "127.0.0.1:50051"]).is_err());
+        assert!(parse(&["--dataset", "d.npz", "--prefetch", "4"]).is_err(), "--prefetch needs --coordinator");
+        assert!(parse(&["--coordinator", "127.0.0.1:50051", "--prefetch", "0"]).is_err());
     }
 }

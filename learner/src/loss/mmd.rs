@@ -347,13 +347,29 @@ pub fn direct_inner_mmd_matrices<B: Backend>(
     y: Tensor<B, 4>,
     kernel: &Kernel,
 ) -> (Tensor<B, 3>, Tensor<B, 3>, Tensor<B, 3>) {
+    direct_inner_mmd_matrices_with(x, y, kernel, Bandwidth::Fixed(1.0))
+}
+
+/// [`direct_inner_mmd_matrices`] with any bandwidth: with [`Bandwidth::Median`] every one of the `3·O²` inner
+/// MMDs gets its own median-heuristic bandwidth, as the reference's `inner_kernel_adaptive_bandwidth` does
+/// (the vmapped `kernels.mmd` computes it per pair of atoms). The pair-block reduction cannot share kernel
+/// matrices across pairs then, so this is the path the adaptive inner bandwidth takes.
+///
+/// # Shapes
+/// - `x`, `y`: `[B, O, I, E]`, `I ≥ 2`;
+/// - returns `(Dxx, Dyy, Dxy)`, each `[B, O, O]`.
+pub fn direct_inner_mmd_matrices_with<B: Backend>(
+    x: Tensor<B, 4>,
+    y: Tensor<B, 4>,
+    kernel: &Kernel,
+    bandwidth: Bandwidth,
+) -> (Tensor<B, 3>, Tensor<B, 3>, Tensor<B, 3>) {
     let [b, o, i, e] = x.dims();
     // p[b,o] placed at [b,o,o'], and q[b,o'] placed at [b,o,o'], flattened to B·O·O pairs of sets.
     let rows = |p: Tensor<B, 4>| p.unsqueeze_dim::<5>(2).expand([b, o, o, i, e]).reshape([b * o * o, i, e]);
     let cols = |q: Tensor<B, 4>| q.unsqueeze_dim::<5>(1).expand([b, o, o, i, e]).reshape([b * o * o, i, e]);
-    let pairs = |p: Tensor<B, 4>, q: Tensor<B, 4>| {
-        mmd2_batched(rows(p), cols(q), kernel, true, Bandwidth::Fixed(1.0)).reshape([b, o, o])
-    };
+    let pairs =
+        |p: Tensor<B, 4>, q: Tensor<B, 4>| mmd2_batched(rows(p), cols(q), kernel, true, bandwidth).reshape([b, o, o]);
     (pairs(x.clone(), x.clone()), pairs(y.clone(), y.clone()), pairs(x, y))
 }
 

@@ -24,6 +24,7 @@ use std::path::{Path, PathBuf};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 use common::npz::{read_npz, NpyArray, NpyData, NpzError};
+use common::rng::StreamRng;
 use rand::Rng;
 
 /// dm_env's step type codes, as written by `actor simulate` and as in the reference datasets.
@@ -120,6 +121,50 @@ impl WindowBatch {
         let types: Vec<i64> = self.step_types.iter().map(|&t| i64::from(t)).collect();
         let types = Tensor::from_data(TensorData::new(types, [self.batch, self.steps]), device);
         (self.observations_tensor(device), types)
+    }
+}
+
+/// Where the training loop takes its windows from: an offline dataset ([`OfflineDataset`]) or the
+/// replay store (`replay_source::ReplaySource`). The trainer asks for a fresh batch for each
+/// discriminator step and each generator step; the loop around it is the same for both sources.
+pub trait WindowSource {
+    /// Fills `out` with `batch` windows of `horizon + 1` consecutive steps. `rng` is the trainer's
+    /// data stream: a source that draws locally uses it, so a run is reproducible; one that draws
+    /// remotely ignores it.
+    fn next_batch(
+        &mut self,
+        rng: &mut StreamRng,
+        batch: usize,
+        horizon: usize,
+        out: &mut WindowBatch,
+    ) -> anyhow::Result<()>;
+}
+
+/// The offline dataset serves windows from memory; it never fails once
+/// [`OfflineDataset::check_horizon`] has passed.
+impl WindowSource for &OfflineDataset {
+    fn next_batch(
+        &mut self,
+        rng: &mut StreamRng,
+        batch: usize,
+        horizon: usize,
+        out: &mut WindowBatch,
+    ) -> anyhow::Result<()> {
+        self.sample_windows(rng, batch, horizon, out);
+        Ok(())
+    }
+}
+
+/// A source lent out by `&mut` is still a source, so callers can pass `&mut source` and keep it.
+impl<S: WindowSource + ?Sized> WindowSource for &mut S {
+    fn next_batch(
+        &mut self,
+        rng: &mut StreamRng,
+        batch: usize,
+        horizon: usize,
+        out: &mut WindowBatch,
+    ) -> anyhow::Result<()> {
+        (**self).next_batch(rng, batch, horizon, out)
     }
 }
 
@@ -340,7 +385,6 @@ mod tests {
     use super::*;
     use crate::loss::target::chi_square;
     use common::npz::write_npz;
-    use common::rng::StreamRng;
     use rand::SeedableRng;
 
     type B = burn::backend::NdArray;

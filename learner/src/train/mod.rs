@@ -1,11 +1,18 @@
 //! Training: data, the iteration, checkpoints.
 //!
-//! - [`dataset`]: windows of H+1 steps from an offline `.npz` written by `actor simulate`;
+//! - [`dataset`]: windows of H+1 steps from an offline `.npz` written by `actor simulate`, and
+//!   the [`dataset::WindowSource`] trait both data sources implement;
+//! - [`replay_source`]: windows from the live replay store through the coordinator's sampling
+//!   client, after checking the coordinator's experiment against the model;
+//! - [`publisher`]: checkpoints published to the coordinator's registry in the background;
 //! - [`checkpoint`]: checkpoint directories with a DONE marker, newest N kept;
 //! - [`trainer`]: the iteration (D step, G step, Polyak) and what a checkpoint holds;
-//! - [`run`]: a whole run with resume, progress output and periodic checkpoints.
+//! - [`run`]: a whole run with resume, progress output and periodic checkpoints, one loop for
+//!   both sources.
 
 pub mod checkpoint;
 pub mod dataset;
+pub mod publisher;
+pub mod replay_source;
 pub mod run;
 pub mod trainer;

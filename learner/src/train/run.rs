@@ -1,4 +1,8 @@
-//! A whole run: dataset, resume, iterations with progress output, periodic checkpoints.
+//! A whole run: a data source, resume, iterations with progress output, periodic checkpoints.
+//!
+//! One loop ([`train`]) serves both data sources: an offline dataset ([`run`]) and the live
+//! replay store ([`run_from_coordinator`]), which also publishes each checkpoint to the
+//! coordinator's registry.
 
 use std::io::{IsTerminal, Write};
 use std::path::Path;
@@ -8,11 +12,17 @@ use anyhow::{bail, Context, Result};
 use burn::tensor::backend::AutodiffBackend;
 
 use common::config::ConfigDoc;
+use common::rng;
 
 use crate::config::LearnerConfig;
 use crate::train::checkpoint::CheckpointDir;
-use crate::train::dataset::OfflineDataset;
+use crate::train::dataset::{OfflineDataset, WindowSource};
+use crate::train::publisher::Publisher;
+use crate::train::replay_source::{check_experiment, fetch_experiment, ReplayOptions, ReplaySource};
 use crate::train::trainer::Trainer;
+
+/// How long a finished run waits for the coordinator to take its last checkpoints.
+const PUBLISH_GRACE: Duration = Duration::from_secs(10);
 
 /// How a run ended.
 #[derive(Debug, Clone, PartialEq)]
@@ -22,6 +32,9 @@ pub struct RunSummary {
     pub iterations_run: u64,
     pub seconds: f64,
     pub last_losses: Option<(f64, f64)>,
+    /// Checkpoint versions the coordinator's registry accepted from this run, in order (empty
+    /// when training from a dataset).
+    pub published: Vec<u64>,
 }
 
 fn hms(secs: f64) -> String {
@@ -46,19 +59,81 @@ pub fn run<B: AutodiffBackend>(
         }
     }
     data.check_horizon(config.model.horizon)?;
+    let about = format!(
+        "{} ({} streams × {} steps, {} floats per state)",
+        dataset.display(),
+        data.num_envs(),
+        data.steps(),
+        data.obs_dim()
+    );
+    let trainer = Trainer::<B>::new(config, doc, data.obs_dim(), device);
+    train(trainer, &data, workdir, &about, None)
+}
+
+/// Trains on windows from the replay store behind the coordinator at `options.coordinator`, as
+/// [`run`] does on a dataset, and publishes each checkpoint to the coordinator's registry.
+///
+/// Refuses to start, naming both values, when the coordinator's experiment serves windows of
+/// another length than `model.horizon + 1` or states of another size than the model's (see
+/// [`check_experiment`]). An unreachable coordinator later on never stops training: the sampling
+/// client waits for its shards, and publishing retries in the background.
+pub fn run_from_coordinator<B: AutodiffBackend>(
+    doc: ConfigDoc,
+    options: &ReplayOptions,
+    workdir: &Path,
+    device: B::Device,
+) -> Result<RunSummary> {
+    let config = LearnerConfig::resolve(&doc)?;
+    // One worker thread drives the sampling client's prefetch and the publisher while burn
+    // computes on the calling thread.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("learner-io")
+        .enable_all()
+        .build()
+        .context("starting the learner's I/O runtime")?;
+    let (client, experiment) = runtime.block_on(fetch_experiment(&options.coordinator, options.connect_timeout))?;
+    let served = check_experiment(&config, &doc, &experiment)?;
+    let seed = rng::derive_seed(config.seed, &["learner".into(), "replay".into()]);
+    let source = ReplaySource::start(runtime.handle().clone(), options, served.clone(), config.train.batch_size, seed)?;
+    let publisher = Publisher::start(runtime.handle().clone(), client);
+    let about = format!(
+        "the replay store at {} ({}, {} floats per state, windows of {} steps)",
+        options.coordinator, served.env, served.obs_dim, served.window_steps
+    );
+    let trainer = Trainer::<B>::new(config, doc, served.obs_dim, device);
+    let result = train(trainer, source, workdir, &about, Some(&publisher));
+    let report = publisher.finish(PUBLISH_GRACE);
+    let mut summary = result?;
+    summary.published = report.published;
+    Ok(summary)
+}
+
+/// The loop both sources share: resume, iterate, checkpoint (and publish), report.
+fn train<B: AutodiffBackend, S: WindowSource>(
+    mut trainer: Trainer<B>,
+    mut source: S,
+    workdir: &Path,
+    about: &str,
+    publisher: Option<&Publisher>,
+) -> Result<RunSummary> {
     std::fs::create_dir_all(workdir).with_context(|| format!("--workdir {}", workdir.display()))?;
-    let checkpoints = CheckpointDir::open(workdir, config.train.keep_checkpoints)?;
+    let checkpoints = CheckpointDir::open(workdir, trainer.config.train.keep_checkpoints)?;
     for dir in checkpoints.incomplete() {
         eprintln!("warning: ignoring incomplete checkpoint {} (no DONE marker)", dir.display());
     }
-    let total = config.train.steps;
-    let (checkpoint_every, log_every) = (config.train.checkpoint_every, config.train.log_every);
-    let mut trainer = Trainer::<B>::new(config, doc, data.obs_dim(), device);
+    let total = trainer.config.train.steps;
+    let (checkpoint_every, log_every) = (trainer.config.train.checkpoint_every, trainer.config.train.log_every);
     let mut resumed_from = None;
     if let Some((step, dir)) = checkpoints.latest() {
         trainer.load(&dir).with_context(|| format!("resuming from {}", dir.display()))?;
         eprintln!("resuming from checkpoint at step {step} ({})", dir.display());
         resumed_from = Some(step);
+        // Published by the run that wrote it, unless the coordinator was unreachable then; the
+        // publisher skips it if the registry has it.
+        if let Some(p) = publisher {
+            p.publish(step, &dir, &[]);
+        }
     }
     let start_step = trainer.step;
     if start_step >= total {
@@ -69,31 +144,25 @@ pub fn run<B: AutodiffBackend>(
             iterations_run: 0,
             seconds: 0.0,
             last_losses: None,
+            published: Vec::new(),
         });
     }
-    eprintln!(
-        "training a δ-model on {} ({} streams × {} steps, {} floats per state) for {} iterations",
-        dataset.display(),
-        data.num_envs(),
-        data.steps(),
-        data.obs_dim(),
-        total - start_step
-    );
+    eprintln!("training a δ-model on {about} for {} iterations", total - start_step);
     let terminal = std::io::stderr().is_terminal();
     let started = Instant::now();
     let mut last_draw = Instant::now() - Duration::from_secs(1);
     let mut last = None;
     let mut saved_at = start_step;
     while trainer.step < total {
-        let losses = trainer.iteration(&data)?;
+        let losses = trainer.iteration(&mut source)?;
         last = Some((losses.discriminator, losses.generator));
         let step = trainer.step;
-        if step.is_multiple_of(checkpoint_every) {
-            save(&trainer, &checkpoints)?;
-            saved_at = step;
-        }
         let done = step - start_step;
         let rate = done as f64 / started.elapsed().as_secs_f64().max(1e-9);
+        if step.is_multiple_of(checkpoint_every) {
+            save(&trainer, &checkpoints, publisher, last, rate)?;
+            saved_at = step;
+        }
         let eta = (total - step) as f64 / rate.max(1e-9);
         let line = format!(
             "step {step}/{total} ({:.1}%), {rate:.1} it/s, loss D {:.5} G {:.5}, ETA {}",
@@ -115,10 +184,11 @@ pub fn run<B: AutodiffBackend>(
     if terminal {
         eprintln!();
     }
-    if saved_at != trainer.step {
-        save(&trainer, &checkpoints)?;
-    }
     let seconds = started.elapsed().as_secs_f64();
+    if saved_at != trainer.step {
+        let rate = (trainer.step - start_step) as f64 / seconds.max(1e-9);
+        save(&trainer, &checkpoints, publisher, last, rate)?;
+    }
     eprintln!(
         "done: {} iterations in {} ({:.1} it/s); checkpoints in {}",
         trainer.step - start_step,
@@ -132,11 +202,29 @@ pub fn run<B: AutodiffBackend>(
         iterations_run: trainer.step - start_step,
         seconds,
         last_losses: last,
+        published: Vec::new(),
     })
 }
 
-fn save<B: AutodiffBackend>(trainer: &Trainer<B>, checkpoints: &CheckpointDir) -> Result<()> {
+/// Writes checkpoint `trainer.step`, commits it (DONE last), then queues it for the registry with
+/// the losses of its last iteration and the run's rate.
+fn save<B: AutodiffBackend>(
+    trainer: &Trainer<B>,
+    checkpoints: &CheckpointDir,
+    publisher: Option<&Publisher>,
+    losses: Option<(f64, f64)>,
+    iterations_per_second: f64,
+) -> Result<()> {
     let dir = checkpoints.begin(trainer.step)?;
     trainer.save(&dir)?;
-    checkpoints.commit(&dir).with_context(|| format!("committing {}", dir.display()))
+    checkpoints.commit(&dir).with_context(|| format!("committing {}", dir.display()))?;
+    if let Some(p) = publisher {
+        let (d, g) = losses.unwrap_or((f64::NAN, f64::NAN));
+        p.publish(
+            trainer.step,
+            &dir,
+            &[("loss_d", d), ("loss_g", g), ("iterations_per_second", iterations_per_second)],
+        );
+    }
+    Ok(())
 }

@@ -13,6 +13,11 @@
 //! the window and the *target* generator at s_H (`loss/target.rs`). Both networks use Adam
 //! (6.25e-5, ε 1.5e-4, no clipping). The target network and everything that needs no gradient
 //! run on the inner (non-autodiff) backend.
+//!
+//! Variants (`[model]`, `[train]`; dsm-algorithm.md §1.1): the loss is [`LossSpec`] (δ-model, γ-model
+//! ensemble, `median` kernels); with `model.inner_separate_discriminator` φ is a
+//! [`SeparateDiscriminator`], one per (batch slot, atom), trained and checkpointed in place of the shared
+//! one; with `train.discriminator_steps = 0` there is no D step and the kernels act on raw states.
 
 use std::path::Path;
 
@@ -28,19 +33,24 @@ use common::config::ConfigDoc;
 use common::rng::{self, StreamRng};
 
 use crate::config::LearnerConfig;
-use crate::loss::kernels::Kernel;
-use crate::loss::outer::{delta_loss, gamma_model_loss};
-use crate::loss::target::{build_target, sample_horizon_indices};
+use crate::loss::outer::LossSpec;
+use crate::loss::target::{build_target, HorizonSampler};
 use crate::model::discriminator::{Discriminator, DiscriminatorConfig};
 use crate::model::generator::{Generator, GeneratorConfig};
-use crate::train::dataset::{OfflineDataset, WindowBatch};
+use crate::model::separate_discriminator::SeparateDiscriminator;
+use crate::train::dataset::{WindowBatch, WindowSource};
 
 type Recorder_ = NamedMpkFileRecorder<FullPrecisionSettings>;
+
+/// A batch's source states s₀ `[B, S]` and its Bellman target Y `[B, O, I, S]`, on the inner backend.
+type SourcesAndTarget<B> =
+    (Tensor<<B as AutodiffBackend>::InnerBackend, 2>, Tensor<<B as AutodiffBackend>::InnerBackend, 4>);
 
 /// The loss values of one iteration.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct IterationLosses {
-    /// L on the D step's batch (before the sign flip).
+    /// L on the D step's batch (before the sign flip); NaN when there is no discriminator
+    /// (`train.discriminator_steps = 0`).
     pub discriminator: f64,
     /// L on the G step's batch.
     pub generator: f64,
@@ -51,6 +61,12 @@ pub struct IterationLosses {
 pub enum TrainError {
     #[error("non-finite loss ({value}) at iteration {iteration}, {phase} step; the last good checkpoint is kept")]
     NonFinite { iteration: u64, phase: &'static str, value: f64 },
+    #[error("drawing windows for iteration {iteration}")]
+    Data {
+        iteration: u64,
+        #[source]
+        source: anyhow::Error,
+    },
 }
 
 pub struct Trainer<B: AutodiffBackend> {
@@ -64,8 +80,11 @@ pub struct Trainer<B: AutodiffBackend> {
     discriminator: Discriminator<B>,
     optim_g: OptimizerAdaptor<Adam, Generator<B>, B>,
     optim_d: OptimizerAdaptor<Adam, Discriminator<B>, B>,
-    inner: Kernel,
-    outer: Kernel,
+    loss_spec: LossSpec,
+    /// φ_{(b,o)}, one per (batch slot, atom), when `model.inner_separate_discriminator`; it replaces
+    /// `discriminator` in both steps (which then stays at its initial values).
+    separate: Option<SeparateDiscriminator<B>>,
+    optim_sd: OptimizerAdaptor<Adam, SeparateDiscriminator<B>, B>,
     /// Iterations completed.
     pub step: u64,
     rng: StreamRng,
@@ -87,8 +106,18 @@ impl<B: AutodiffBackend> Trainer<B> {
         let target = generator.valid();
         let adam = || AdamConfig::new().with_beta_1(0.9).with_beta_2(0.999).with_epsilon(config.train.adam_eps as f32);
         Trainer {
-            inner: Kernel::RationalQuadratic(m.inner_bandwidths.clone()),
-            outer: Kernel::InverseMultiQuadric(vec![1.0]),
+            loss_spec: LossSpec::from_model(m),
+            separate: m.inner_separate_discriminator.then(|| {
+                DiscriminatorConfig::new(state_dim, m.discriminator_hidden)
+                    .with_embedding_dim(m.embedding_dim)
+                    .init_separate(
+                        config.train.batch_size,
+                        m.num_outer,
+                        &device,
+                        rng::derive_seed(config.seed, &["learner".into(), "separate-discriminator".into()]),
+                    )
+            }),
+            optim_sd: adam().init(),
             state_dim,
             device,
             generator,
@@ -105,19 +134,31 @@ impl<B: AutodiffBackend> Trainer<B> {
     }
 
     fn loss<BB: burn::tensor::backend::Backend>(&self, xe: Tensor<BB, 4>, ye: Tensor<BB, 4>) -> Tensor<BB, 1> {
-        if self.config.model.distributional {
-            delta_loss(xe, ye, &self.inner, &self.outer)
-        } else {
-            gamma_model_loss(xe, ye, &self.inner)
+        self.loss_spec.loss(xe, ye)
+    }
+
+    /// The kernel features of the samples of batch rows `first_row..`: the shared φ, the separate
+    /// φ_{(b,o)} of those rows' slots, or the raw states when there is no discriminator.
+    fn embed(&self, x: Tensor<B, 4>, first_row: usize, update_stats: bool) -> Tensor<B, 4> {
+        match (&self.separate, self.config.train.discriminator_steps) {
+            (_, 0) => x,
+            (Some(separate), _) => separate.embed(x, first_row, update_stats),
+            (None, _) => self.discriminator.embed(x, update_stats),
         }
+    }
+
+    /// The separate discriminators φ_{(b,o)}, when `model.inner_separate_discriminator`.
+    pub fn separate_discriminator(&self) -> Option<&SeparateDiscriminator<B>> {
+        self.separate.as_ref()
     }
 
     /// Samples a batch and returns, on the inner backend, its source states s₀ and the Bellman
     /// target Y built from the window and the target generator at s_H.
-    fn batch_and_target(&mut self, data: &OfflineDataset) -> (Tensor<B::InnerBackend, 2>, Tensor<B::InnerBackend, 4>) {
+    fn batch_and_target<S: WindowSource>(&mut self, data: &mut S) -> Result<SourcesAndTarget<B>, TrainError> {
         let m = &self.config.model;
         let (b, h, s) = (self.config.train.batch_size, m.horizon, self.state_dim);
-        data.sample_windows(&mut self.rng, b, h, &mut self.batch);
+        data.next_batch(&mut self.rng, b, h, &mut self.batch)
+            .map_err(|source| TrainError::Data { iteration: self.step + 1, source })?;
         let device = self.device.clone();
         let obs = Tensor::<B::InnerBackend, 3>::from_data(
             TensorData::new(self.batch.observations.clone(), [b, h + 1, s]),
@@ -126,10 +167,16 @@ impl<B: AutodiffBackend> Trainer<B> {
         let s0 = obs.clone().slice([0..b, 0..1, 0..s]).reshape([b, s]);
         let sh = obs.clone().slice([0..b, h..h + 1, 0..s]).reshape([b, s]);
         let bootstrap = self.target.sample(sh, m.num_inner);
-        let indices =
-            sample_horizon_indices(&mut self.rng, m.gamma, h, &self.batch.step_types, b, m.num_outer, m.num_inner);
+        let mut indices = Vec::with_capacity(b * m.num_outer * m.num_inner);
+        HorizonSampler::new(m.gamma, h, m.cumulant_is_source_state).sample_into(
+            &mut self.rng,
+            &self.batch.step_types,
+            m.num_outer,
+            m.num_inner,
+            &mut indices,
+        );
         let y = build_target(obs, &self.batch.step_types, bootstrap, &indices, m.bootstrap);
-        (s0, y)
+        Ok((s0, y))
     }
 
     pub fn generator(&self) -> &Generator<B> {
@@ -161,45 +208,35 @@ impl<B: AutodiffBackend> Trainer<B> {
     /// the same gradient, since the loss is a mean over independent rows. The spectral-norm state
     /// is advanced by the first chunk only (lhs then rhs, as without chunks); later chunks read
     /// the advanced `u` without persisting, a deviation only in which `u` the power iteration
-    /// starts from.
-    pub fn iteration(&mut self, data: &OfflineDataset) -> Result<IterationLosses, TrainError> {
+    /// starts from. (Separate discriminators φ_{(b,o)} belong to one chunk each, so every chunk
+    /// advances its own.) With `train.discriminator_steps = 0` there is no D step and no D batch.
+    ///
+    /// `data` is any [`WindowSource`]: `&dataset` for an offline dataset, `&mut source` for one
+    /// that keeps state (the replay store's client).
+    pub fn iteration(&mut self, mut data: impl WindowSource) -> Result<IterationLosses, TrainError> {
         let iteration = self.step + 1;
         let (lr, tau, num_inner) =
             (self.config.train.learning_rate, self.config.train.target_update, self.config.model.num_inner);
         let (b, s) = (self.config.train.batch_size, self.state_dim);
         let chunks = self.chunks();
 
-        // D step: X and Y are constants for φ.
-        let online = self.generator.valid();
-        let (s0, y) = self.batch_and_target(data);
-        let x = online.sample(s0, num_inner);
-        let mut accumulator = GradientsAccumulator::<Discriminator<B>>::new();
-        let mut d_value = 0.0;
-        for (k, rows) in chunks.iter().enumerate() {
-            let weight = rows.len() as f64 / b as f64;
-            let (xc, yc) = (x.clone().slice(rows.clone()), y.clone().slice(rows.clone()));
-            let xe = self.discriminator.embed(Tensor::from_inner(xc), k == 0);
-            let ye = self.discriminator.embed(Tensor::from_inner(yc), k == 0);
-            let loss = self.loss(xe, ye).mul_scalar(weight);
-            d_value += loss.clone().into_scalar().elem::<f64>();
-            let grads = GradientsParams::from_grads(loss.neg().backward(), &self.discriminator);
-            accumulator.accumulate(&self.discriminator, grads);
-        }
-        if !d_value.is_finite() {
-            return Err(TrainError::NonFinite { iteration, phase: "discriminator", value: d_value });
-        }
-        self.discriminator = self.optim_d.step(lr, self.discriminator.clone(), accumulator.grads());
+        // D step (none with train.discriminator_steps = 0).
+        let d_value = if self.config.train.discriminator_steps == 0 {
+            f64::NAN
+        } else {
+            self.discriminator_step(&mut data, &chunks, iteration)?
+        };
 
         // G step: gradients through X only.
-        let (s0, y) = self.batch_and_target(data);
+        let (s0, y) = self.batch_and_target(&mut data)?;
         let mut accumulator = GradientsAccumulator::<Generator<B>>::new();
         let mut g_value = 0.0;
         for rows in &chunks {
             let weight = rows.len() as f64 / b as f64;
             let s0c = Tensor::from_inner(s0.clone().slice([rows.clone(), 0..s]));
             let x = self.generator.sample(s0c, num_inner);
-            let xe = self.discriminator.embed(x, false);
-            let ye = self.discriminator.embed(Tensor::from_inner(y.clone().slice(rows.clone())), false);
+            let xe = self.embed(x, rows.start, false);
+            let ye = self.embed(Tensor::from_inner(y.clone().slice(rows.clone())), rows.start, false);
             let loss = self.loss(xe, ye).mul_scalar(weight);
             g_value += loss.clone().into_scalar().elem::<f64>();
             let grads = GradientsParams::from_grads(loss.backward(), &self.generator);
@@ -216,6 +253,52 @@ impl<B: AutodiffBackend> Trainer<B> {
         Ok(IterationLosses { discriminator: d_value, generator: g_value })
     }
 
+    /// The D step on its own batch: φ ascends L (X and Y are constants for it). Returns L.
+    ///
+    /// The shared φ's spectral-norm state is advanced by the first chunk only; each separate
+    /// φ_{(b,o)} is used by one chunk only, so every chunk advances its own members'.
+    fn discriminator_step<S: WindowSource>(
+        &mut self,
+        data: &mut S,
+        chunks: &[std::ops::Range<usize>],
+        iteration: u64,
+    ) -> Result<f64, TrainError> {
+        let (lr, num_inner, b) =
+            (self.config.train.learning_rate, self.config.model.num_inner, self.config.train.batch_size);
+        let online = self.generator.valid();
+        let (s0, y) = self.batch_and_target(data)?;
+        let x = online.sample(s0, num_inner);
+        let mut accumulator = GradientsAccumulator::<Discriminator<B>>::new();
+        let mut separate_accumulator = GradientsAccumulator::<SeparateDiscriminator<B>>::new();
+        let mut d_value = 0.0;
+        for (k, rows) in chunks.iter().enumerate() {
+            let weight = rows.len() as f64 / b as f64;
+            let update_stats = k == 0 || self.separate.is_some();
+            let (xc, yc) = (x.clone().slice(rows.clone()), y.clone().slice(rows.clone()));
+            let xe = self.embed(Tensor::from_inner(xc), rows.start, update_stats);
+            let ye = self.embed(Tensor::from_inner(yc), rows.start, update_stats);
+            let loss = self.loss(xe, ye).mul_scalar(weight);
+            d_value += loss.clone().into_scalar().elem::<f64>();
+            let grads = loss.neg().backward();
+            match &self.separate {
+                Some(separate) => {
+                    separate_accumulator.accumulate(separate, GradientsParams::from_grads(grads, separate))
+                }
+                None => {
+                    accumulator.accumulate(&self.discriminator, GradientsParams::from_grads(grads, &self.discriminator))
+                }
+            }
+        }
+        if !d_value.is_finite() {
+            return Err(TrainError::NonFinite { iteration, phase: "discriminator", value: d_value });
+        }
+        match self.separate.take() {
+            Some(separate) => self.separate = Some(self.optim_sd.step(lr, separate, separate_accumulator.grads())),
+            None => self.discriminator = self.optim_d.step(lr, self.discriminator.clone(), accumulator.grads()),
+        }
+        Ok(d_value)
+    }
+
     /// Writes checkpoint `self.step` under `dir` (the caller commits it with a DONE marker).
     pub fn save(&self, dir: &Path) -> Result<()> {
         let recorder = Recorder_::new();
@@ -229,6 +312,14 @@ impl<B: AutodiffBackend> Trainer<B> {
             .context("saving the generator's optimiser")?;
         Recorder::<B>::record(&recorder, self.optim_d.to_record(), dir.join("optim_discriminator"))
             .context("saving the discriminator's optimiser")?;
+        if let Some(separate) = &self.separate {
+            separate
+                .clone()
+                .save_file(dir.join("separate_discriminator"), &recorder)
+                .context("saving the separate discriminators")?;
+            Recorder::<B>::record(&recorder, self.optim_sd.to_record(), dir.join("optim_separate_discriminator"))
+                .context("saving the separate discriminators' optimiser")?;
+        }
         std::fs::write(dir.join("config.toml"), self.doc.to_toml())?;
         let state = serde_json::json!({ "format_version": 1, "step": self.step, "state_dim": self.state_dim });
         std::fs::write(dir.join("state.json"), state.to_string())?;
@@ -244,7 +335,7 @@ impl<B: AutodiffBackend> Trainer<B> {
         let state_dim = state["state_dim"].as_u64().context("state.json: state_dim")? as usize;
         if state_dim != self.state_dim {
             bail!(
-                "checkpoint {} is for states of {state_dim} floats, the dataset has {}",
+                "checkpoint {} is for states of {state_dim} floats, this run's data has {}",
                 dir.display(),
                 self.state_dim
             );
@@ -257,6 +348,11 @@ impl<B: AutodiffBackend> Trainer<B> {
         self.optim_g = self.optim_g.clone().load_record(g);
         let d = Recorder::<B>::load(&recorder, dir.join("optim_discriminator"), &device)?;
         self.optim_d = self.optim_d.clone().load_record(d);
+        if let Some(separate) = self.separate.take() {
+            self.separate = Some(separate.load_file(dir.join("separate_discriminator"), &recorder, &device)?);
+            let sd = Recorder::<B>::load(&recorder, dir.join("optim_separate_discriminator"), &device)?;
+            self.optim_sd = self.optim_sd.clone().load_record(sd);
+        }
         self.step = step;
         // A resumed run draws its batches from a stream named by its starting step.
         self.rng = rng::stream(self.config.seed, &["learner".into(), "data".into(), step.into()]);

@@ -1,0 +1,289 @@
+//! Exact tests on small worlds (spec `dsm-algorithm.md` §9.2, "Tabular exact distributional SM" and
+//! "Bellman-target test"): states are one-hot, so S is the number of states and the mean of an
+//! atom's samples is its measure's mass on each state (a sample that is not exactly one-hot counts
+//! by its coordinates, the linear reading of r(x) = x_k).
+//!
+//! - [`fork_puts_one_atom_on_each_branch`]: x0 → x1 or x2 with p = 1/2, trained with O = 2; the
+//!   atoms must split, one per branch.
+//! - [`bellman_target_of_dirac_atoms_has_the_law_of_the_backup`]: the generator frozen at Dirac
+//!   atoms, the target built as the trainer builds it; its empirical law is ν of §3.2 (χ²).
+//!
+//! Not here yet: the *two-state walk* (mixture mean against the SR row, W1 of the return law) and
+//! the *deterministic cycle* (atoms collapse). With test-only sizes (O 2–4, I 8–16, Z 2–4, 32-wide,
+//! batch 16–32, learning rate 3e-4–3e-3, γ = 0.5) and up to 1,500 iterations, the atoms did not
+//! converge: several ignored the source state (in the walk an atom at x1 put all its mass on x0,
+//! which M(x1) never does, mass on the source being at least 1−γ), so neither check could be
+//! stated with a tolerance that both passes reliably and fails a wrong model.
+//!
+//! The trained tests use test-only hyperparameters, stated in each test's doc; they were chosen
+//! to converge within CI's budget (release mode, 2 cores) with the fixed seeds used here, and
+//! their tolerances are set from what that training reaches (see each test).
+//!
+//! burn's NdArray backend has one global RNG (`B::seed`, the generator's latents), so tests that
+//! draw from it hold [`SERIAL`]: run in parallel they would interleave their draws and no longer
+//! be reproducible from their seeds.
+
+use std::sync::{Mutex, MutexGuard};
+
+use burn::backend::{Autodiff, NdArray};
+use burn::module::{AutodiffModule, Param};
+use burn::tensor::{Tensor, TensorData};
+use common::config::ConfigDoc;
+use common::rng::StreamRng;
+use learner::config::LearnerConfig;
+use learner::loss::target::{build_target, sample_horizon_indices};
+use learner::model::generator::{Generator, GeneratorConfig};
+use learner::train::dataset::{OfflineDataset, WindowBatch, STEP_FIRST, STEP_LAST, STEP_MID};
+use learner::train::trainer::Trainer;
+use rand::{Rng, SeedableRng};
+
+type B = Autodiff<NdArray>;
+
+/// Held by every test that draws from the backend's global RNG (see the module doc).
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> MutexGuard<'static, ()> {
+    // A failed test poisons the lock; the others still run.
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// One stream of one-hot states `states` (each < `s`) with step types `types`.
+fn one_hot_dataset(states: &[usize], types: &[u8], s: usize) -> OfflineDataset {
+    let mut obs = vec![0f32; states.len() * s];
+    for (t, &x) in states.iter().enumerate() {
+        obs[t * s + x] = 1.0;
+    }
+    OfflineDataset::from_parts(obs, types.to_vec(), 1, states.len(), s).unwrap()
+}
+
+/// A trainer built from `sets` (`section.key=value`), after `steps` iterations on `data`.
+fn train(sets: &[&str], data: &OfflineDataset, steps: u64) -> Trainer<B> {
+    let mut doc = ConfigDoc::empty();
+    doc.apply_sets(sets).unwrap();
+    let config = LearnerConfig::resolve(&doc).unwrap();
+    let mut trainer = Trainer::<B>::new(config, doc, data.obs_dim(), Default::default());
+    for _ in 0..steps {
+        let losses = trainer.iteration(data).unwrap();
+        assert!(losses.discriminator.is_finite() && losses.generator.is_finite());
+    }
+    trainer
+}
+
+/// The mean of `n` samples of each atom of the online generator at one-hot state `x`: atom o's
+/// mass on each state, `[O][S]`.
+fn atom_means(trainer: &Trainer<B>, x: usize, n: usize) -> Vec<Vec<f64>> {
+    let generator = trainer.generator().valid();
+    let s = generator.state_dim();
+    let mut source = vec![0f32; s];
+    source[x] = 1.0;
+    let source = Tensor::<NdArray, 2>::from_data(TensorData::new(source, [1, s]), &Default::default());
+    let samples: Vec<f32> = generator.sample(source, n).into_data().to_vec().unwrap(); // [1, O, n, S]
+    samples
+        .chunks_exact(n * s)
+        .map(|atom| {
+            let mut mean = vec![0.0; s];
+            for sample in atom.chunks_exact(s) {
+                for (m, &v) in mean.iter_mut().zip(sample) {
+                    *m += f64::from(v) / n as f64;
+                }
+            }
+            mean
+        })
+        .collect()
+}
+
+fn max_abs_diff(a: &[f64], b: &[f64]) -> f64 {
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max)
+}
+
+/// Spec §9.2 *Fork*: x0 → x1 with p = 1/2, else x2; x1 and x2 absorbing. Exactly,
+/// M(x0) = (1−γ)δ_{x0} + γδ_{x1} or (1−γ)δ_{x0} + γδ_{x2}, each with probability 1/2, so a
+/// δ-model with O = 2 puts one atom on each.
+///
+/// Data: 1,000 two-row episodes [x0 (FIRST), x1 or x2 (LAST)] in one stream. With LAST absorbing
+/// (§3.2) the branch state takes all the mass after the first step, which is the exact M(x0) above
+/// (and M(x1) = δ_{x1}): a window from x0 has its LAST at t* = 1, so its target is x0 with
+/// probability 1−γ and the branch with probability γ, with no bootstrap.
+///
+/// Test-only hyperparameters: O = 2, I = 8, Z = 2, a generator of 2 hidden layers of 32, φ 16 wide,
+/// γ = 0.5, H = 6, batch 16, Adam learning rate 1e-3 (Polyak 0.01), 1,000 iterations, seed 0.
+///
+/// Checks, on 4,000 samples per atom at x0 (each atom's mass on x0, x1, x2):
+/// - the split: one atom's mass on x1 minus its mass on x2 exceeds γ/2, the other's is below −γ/2
+///   (exactly ±γ; a collapsed model has 0 for both);
+/// - each atom's mass vector is within 0.2 (max over states) of its branch's (1−γ, γ, 0) or
+///   (1−γ, 0, γ). A collapsed model (both atoms at (1−γ, γ/2, γ/2)) is γ/2 = 0.25 from either
+///   branch, so it fails; the test asserts that too.
+///
+/// What training reaches (measured on a 2-core x86-64, seeds given as `experiment.seed`; the data
+/// seed fixed): seed 0 (the one used) 0.07 from the branches after 1,000 iterations (0.10 after
+/// 600); seed 3 0.16; seed 2 0.16; seed 1 splits the atoms (mass on x1 − x2 of +0.26 and −0.75)
+/// but one atom leaves x0's mass 1−γ on x2 instead (0.51 off, still so after 2,000 iterations).
+/// The split holds for all four seeds; the vector check for three of them. The run is
+/// deterministic for a seed (the backend RNG is seeded and [`SERIAL`] keeps other tests off it),
+/// but a CPU whose float kernels round differently could take another path, as another seed does.
+#[test]
+fn fork_puts_one_atom_on_each_branch() {
+    const GAMMA: f64 = 0.5;
+    const TOL: f64 = 0.2;
+    let _serial = serial();
+    let mut rng = StreamRng::seed_from_u64(1);
+    let (mut states, mut types) = (Vec::new(), Vec::new());
+    for _ in 0..1000 {
+        states.extend([0, if rng.random::<bool>() { 1 } else { 2 }]);
+        types.extend([STEP_FIRST, STEP_LAST]);
+    }
+    let data = one_hot_dataset(&states, &types, 3);
+    let trainer = train(
+        &[
+            "experiment.seed=0",
+            "model.num_outer=2",
+            "model.num_inner=8",
+            "model.latent_dims=2",
+            "model.generator_hidden=32",
+            "model.generator_layers=2",
+            "model.discriminator_hidden=16",
+            "model.gamma=0.5",
+            "model.horizon=6",
+            "train.batch_size=16",
+            "train.learning_rate=1e-3",
+        ],
+        &data,
+        1000,
+    );
+    let mut atoms = atom_means(&trainer, 0, 4000);
+    // The atom with more mass on x1 is the x1 branch's.
+    atoms.sort_by(|a, b| b[1].total_cmp(&a[1]));
+    // The split: mass on x1 minus mass on x2 is +γ for one atom and −γ for the other, 0 for both
+    // when collapsed; the midpoint γ/2 separates the two.
+    let split: Vec<f64> = atoms.iter().map(|m| m[1] - m[2]).collect();
+    assert!(split[0] > GAMMA / 2.0 && split[1] < -GAMMA / 2.0, "the atoms do not split: {atoms:.3?}");
+    let branches = [[1.0 - GAMMA, GAMMA, 0.0], [1.0 - GAMMA, 0.0, GAMMA]];
+    for (atom, exact) in atoms.iter().zip(&branches) {
+        let err = max_abs_diff(atom, exact);
+        assert!(err < TOL, "atom {atom:.3?} is {err:.3} from its branch {exact:?}; all atoms: {atoms:.3?}");
+    }
+    let collapsed = [1.0 - GAMMA, GAMMA / 2.0, GAMMA / 2.0];
+    assert!(branches.iter().all(|b| max_abs_diff(&collapsed, b) > TOL), "the tolerance must reject a collapsed model");
+}
+
+/// Wilson–Hilferty χ² critical value at α = 10⁻⁶ (as `loss::target`'s tests, whose helper is
+/// crate-private): it errs high by at most 15% (df = 1), 4% at df = 6.
+fn chi_square_critical(df: usize) -> f64 {
+    const Z: f64 = 4.753_424_308_822_899; // Φ⁻¹(1 − 10⁻⁶)
+    let df = df as f64;
+    let a = 2.0 / (9.0 * df);
+    df * (1.0 - a + Z * a.sqrt()).powi(3)
+}
+
+/// Pearson's χ² of `observed` against `probs`; every cell expects at least 5 draws.
+fn assert_fits(what: &str, observed: &[u64], probs: &[f64]) {
+    let n: u64 = observed.iter().sum();
+    let mut stat = 0.0;
+    for (&o, &p) in observed.iter().zip(probs) {
+        let e = p * n as f64;
+        assert!(e >= 5.0, "{what}: a cell expects {e} < 5 draws");
+        stat += (o as f64 - e).powi(2) / e;
+    }
+    let critical = chi_square_critical(probs.len() - 1);
+    assert!(
+        stat < critical,
+        "{what}: χ² = {stat:.1} ≥ {critical:.1}; observed {observed:?}, probabilities {probs:.4?}"
+    );
+}
+
+/// A generator whose atom o is the Dirac measure at s + c_o, whatever its latent: one hidden layer
+/// of width W ≥ S that copies s (the leaky ReLU is the identity on s ≥ 0), an output layer that
+/// copies it back, and the output bias c_o. Every value involved is a small integer, so the output
+/// is exact in f32.
+fn dirac_generator(offsets: &[Vec<f32>], latent_dims: usize, hidden: usize) -> Generator<NdArray> {
+    let (atoms, s) = (offsets.len(), offsets[0].len());
+    let device = Default::default();
+    let mut generator = GeneratorConfig::new(atoms, latent_dims, s, hidden).with_layers(1).init::<NdArray>(&device, 0);
+    let (mut w0, mut w1) = (vec![0f32; atoms * (latent_dims + s) * hidden], vec![0f32; atoms * hidden * s]);
+    for o in 0..atoms {
+        for d in 0..s {
+            w0[(o * (latent_dims + s) + latent_dims + d) * hidden + d] = 1.0;
+            w1[(o * hidden + d) * s + d] = 1.0;
+        }
+    }
+    let tensor =
+        |v: Vec<f32>, shape: [usize; 3]| Param::from_tensor(Tensor::from_data(TensorData::new(v, shape), &device));
+    generator.weights = vec![tensor(w0, [atoms, latent_dims + s, hidden]), tensor(w1, [atoms, hidden, s])];
+    generator.biases =
+        vec![tensor(vec![0.0; atoms * hidden], [atoms, 1, hidden]), tensor(offsets.concat(), [atoms, 1, s])];
+    generator
+}
+
+/// Spec §9.2 *Bellman-target test*: with the target generator frozen at Dirac atoms (atom o at
+/// s + c_o, [`dirac_generator`]), the targets Y of a fixed window, built as the trainer builds
+/// them (a window batch from the dataset, the generator's samples at s_H, the horizon indices and
+/// `build_target`), follow ν_o = Σ_{t<H}(1−γ)γ^t δ_{s_t} + γ^H δ_{s_H + c_o}; with a LAST at t* in
+/// the window, ν = Σ_{t<t*}(1−γ)γ^t δ_{s_t} + γ^{t*} δ_{s_{t*}} and no bootstrap.
+///
+/// The window is s_t = (t, 0), S = 2, H = 6, γ = 0.8, and c_o = (0, 10(o+1)), so every candidate
+/// is recognisable: s_H + c_o names both the atom and the bootstrap state (a bootstrap from the
+/// wrong atom, or at s_0 instead of s_H, lands in no cell and fails). Each window is the only one
+/// its dataset serves (N = H + 2 rows: starts in [0, 1)), drawn as a batch of 100; with O = 3 and
+/// I = 1,000 that is 10⁵ draws per atom, and the χ² test per atom has α = 10⁻⁶.
+#[test]
+fn bellman_target_of_dirac_atoms_has_the_law_of_the_backup() {
+    const GAMMA: f64 = 0.8;
+    const H: usize = 6;
+    let (batch, outer, inner, s) = (100, 3, 1000, 2);
+    let _serial = serial();
+    let offsets: Vec<Vec<f32>> = (0..outer).map(|o| vec![0.0, 10.0 * (o + 1) as f32]).collect();
+    let target = dirac_generator(&offsets, 2, 4);
+    let obs: Vec<f32> = (0..H + 2).flat_map(|t| [t as f32, 0.0]).collect();
+    let mut rng = StreamRng::seed_from_u64(5);
+    for t_star in [None, Some(3)] {
+        let mut types = vec![STEP_MID; H + 2];
+        types[0] = STEP_FIRST;
+        if let Some(t) = t_star {
+            types[t] = STEP_LAST;
+            types[t + 1] = STEP_FIRST;
+        }
+        let data = OfflineDataset::from_parts(obs.clone(), types, 1, H + 2, s).unwrap();
+        let mut windows = WindowBatch::default();
+        data.sample_windows(&mut rng, batch, H, &mut windows);
+        // As `Trainer::batch_and_target`.
+        let window = windows.observations_tensor::<NdArray>(&Default::default());
+        let s_h = window.clone().slice([0..batch, H..H + 1, 0..s]).reshape([batch, s]);
+        let bootstrap = target.sample(s_h, inner);
+        let indices = sample_horizon_indices(&mut rng, GAMMA, H, &windows.step_types, batch, outer, inner);
+        let y: Vec<f32> =
+            build_target(window, &windows.step_types, bootstrap, &indices, true).into_data().to_vec().unwrap();
+
+        // Cells 0..H: Y = s_t; cell H: Y = s_H (possible only with a LAST at H); cell H + 1: the
+        // atom's own bootstrap s_H + c_o.
+        let mut counts = vec![vec![0u64; H + 2]; outer];
+        for (k, v) in y.chunks_exact(s).enumerate() {
+            let o = (k / inner) % outer;
+            let cell = match (v[0], v[1]) {
+                (t, y1) if y1 == 0.0 && t >= 0.0 && t <= H as f32 && t.fract() == 0.0 => t as usize,
+                (t, y1) if t == H as f32 && y1 == offsets[o][1] => H + 1,
+                other => panic!("target {other:?} of atom {o} is no candidate of ν"),
+            };
+            counts[o][cell] += 1;
+        }
+        let mut probs = vec![0.0; H + 2];
+        let cap = t_star.unwrap_or(H);
+        for (t, p) in probs.iter_mut().enumerate().take(cap) {
+            *p = (1.0 - GAMMA) * GAMMA.powi(t as i32);
+        }
+        probs[if t_star.is_some() { cap } else { H + 1 }] = GAMMA.powi(cap as i32);
+        for (o, observed) in counts.iter().enumerate() {
+            // Cells of probability 0 must be empty; the rest are tested.
+            let (mut obs_kept, mut probs_kept) = (Vec::new(), Vec::new());
+            for (&c, &p) in observed.iter().zip(&probs) {
+                if p == 0.0 {
+                    assert_eq!(c, 0, "LAST at {t_star:?}, atom {o}: a cell of probability 0 was drawn: {observed:?}");
+                } else {
+                    obs_kept.push(c);
+                    probs_kept.push(p);
+                }
+            }
+            assert_fits(&format!("LAST at {t_star:?}, atom {o}"), &obs_kept, &probs_kept);
+        }
+    }
+}
