@@ -7,13 +7,25 @@
 //!   atoms must split, one per branch.
 //! - [`bellman_target_of_dirac_atoms_has_the_law_of_the_backup`]: the generator frozen at Dirac
 //!   atoms, the target built as the trainer builds it; its empirical law is ν of §3.2 (χ²).
+//! - [`two_state_walk_matches_the_sr_row_and_the_return_law`]: the mixture mean against the SR row
+//!   (1−γ)(I−γP)⁻¹ and the W1 of the return law against dynamic programming.
+//! - [`deterministic_cycle_collapses_the_atoms`]: every atom near the one exact measure.
 //!
-//! Not here yet: the *two-state walk* (mixture mean against the SR row, W1 of the return law) and
-//! the *deterministic cycle* (atoms collapse). With test-only sizes (O 2–4, I 8–16, Z 2–4, 32-wide,
-//! batch 16–32, learning rate 3e-4–3e-3, γ = 0.5) and up to 1,500 iterations, the atoms did not
-//! converge: several ignored the source state (in the walk an atom at x1 put all its mass on x0,
-//! which M(x1) never does, mass on the source being at least 1−γ), so neither check could be
-//! stated with a tolerance that both passes reliably and fails a wrong model.
+//! What the walk and the cycle can resolve. An atom is known through I samples, and the loss
+//! compares atoms through MMD²_U of I against I samples, whose noise at I = 32 corresponds to a
+//! mass difference of about 0.1 on a state (a mass estimated from 32 samples has a standard
+//! deviation up to 0.09). The outer bandwidth is the median heuristic, which rescales the atoms'
+//! distances by their own median, so atoms are placed to about that resolution and no finer, and
+//! an atom that strays far has a weak gradient (the IMQ kernel's tail) and returns slowly. The
+//! tolerances below are set from that, from what training reaches in CI's budget (measured
+//! values in each test's doc), and so that a model without the property fails (a collapsed model
+//! for the walk's law, a model that ignores the source state for the means).
+//!
+//! With a fixed outer bandwidth h = 1 instead, the atoms' distances (MMD² < 0.3 here) sit in the
+//! IMQ kernel's linear range, where the outer MMD² is close to the distance between the atoms'
+//! *mixtures*: the mixture mean is learned, the atoms' spread is not (measured: the cycle's
+//! atoms stayed 0.3 apart). The default median heuristic is what makes the δ-model
+//! distributional, and the tests keep it.
 //!
 //! The trained tests use test-only hyperparameters, stated in each test's doc; they were chosen
 //! to converge within CI's budget (release mode, 2 cores) with the fixed seeds used here, and
@@ -63,8 +75,9 @@ fn train(sets: &[&str], data: &OfflineDataset, steps: u64) -> Trainer<B> {
     let config = LearnerConfig::resolve(&doc).unwrap();
     let mut trainer = Trainer::<B>::new(config, doc, data.obs_dim(), Default::default());
     for _ in 0..steps {
+        // The trainer itself fails a non-finite loss; the D loss is NaN when there is no D step.
         let losses = trainer.iteration(data).unwrap();
-        assert!(losses.discriminator.is_finite() && losses.generator.is_finite());
+        assert!(losses.generator.is_finite());
     }
     trainer
 }
@@ -285,5 +298,256 @@ fn bellman_target_of_dirac_atoms_has_the_law_of_the_backup() {
             }
             assert_fits(&format!("LAST at {t_star:?}, atom {o}"), &obs_kept, &probs_kept);
         }
+    }
+}
+
+/// One stream of `n` steps of the Markov chain `p` (rows sum to 1) from state 0, no episode end.
+fn markov_dataset(p: &[Vec<f64>], n: usize, seed: u64) -> OfflineDataset {
+    let mut rng = StreamRng::seed_from_u64(seed);
+    let mut states = Vec::with_capacity(n);
+    let mut x = 0;
+    for _ in 0..n {
+        states.push(x);
+        let u: f64 = rng.random();
+        let mut cumulative = 0.0;
+        x = p[x]
+            .iter()
+            .position(|&q| {
+                cumulative += q;
+                u < cumulative
+            })
+            .unwrap_or(p.len() - 1);
+    }
+    let mut types = vec![STEP_MID; n];
+    types[0] = STEP_FIRST;
+    one_hot_dataset(&states, &types, p.len())
+}
+
+/// The SR (1−γ)(I−γP)⁻¹, `[S][S]`: row x is the exact mean of M(x) (Gauss–Jordan, S is tiny).
+fn successor_representation(p: &[Vec<f64>], gamma: f64) -> Vec<Vec<f64>> {
+    let s = p.len();
+    // [I − γP | (1−γ)I]
+    let mut a: Vec<Vec<f64>> = (0..s)
+        .map(|i| {
+            let mut row: Vec<f64> = (0..s).map(|j| f64::from(u8::from(i == j)) - gamma * p[i][j]).collect();
+            row.extend((0..s).map(|j| if i == j { 1.0 - gamma } else { 0.0 }));
+            row
+        })
+        .collect();
+    for c in 0..s {
+        let pivot = (c..s).max_by(|&i, &j| a[i][c].abs().total_cmp(&a[j][c].abs())).unwrap();
+        a.swap(c, pivot);
+        let d = a[c][c];
+        a[c].iter_mut().for_each(|v| *v /= d);
+        for r in 0..s {
+            if r != c {
+                let f = a[r][c];
+                let pivot_row = a[c].clone();
+                a[r].iter_mut().zip(&pivot_row).for_each(|(v, pv)| *v -= f * pv);
+            }
+        }
+    }
+    a.into_iter().map(|row| row[s..].to_vec()).collect()
+}
+
+/// The exact law of M(x)'s mass on `state`, Σ_t (1−γ)γ^t 1{X_t = state} ∈ [0, 1], for each source
+/// x, by distributional dynamic programming: iterate G(x) = (1−γ)1{x = state} + γG(X′) on a grid
+/// of `k` points of [0, 1], each backed-up point split between its two grid neighbours in
+/// proportion (the Cramér projection, which keeps the mean). Returns `[S][k]` probabilities.
+///
+/// Error: each projection moves mass by at most one cell, 1/(k−1), and the backup contracts W1
+/// by γ, so the W1 error is at most 1/((k−1)(1−γ)); 400 iterations leave γ^400 of the start.
+fn exact_mass_law(p: &[Vec<f64>], gamma: f64, state: usize, k: usize) -> Vec<Vec<f64>> {
+    let s = p.len();
+    let cells = (k - 1) as f64;
+    let mut law: Vec<Vec<f64>> = (0..s)
+        .map(|_| {
+            let mut l = vec![0.0; k];
+            l[0] = 1.0;
+            l
+        })
+        .collect();
+    for _ in 0..400 {
+        let mut next = vec![vec![0.0; k]; s];
+        for x in 0..s {
+            let r = if x == state { 1.0 - gamma } else { 0.0 };
+            for (y, &pxy) in p[x].iter().enumerate().filter(|(_, &q)| q > 0.0) {
+                for (j, &q) in law[y].iter().enumerate().filter(|(_, &q)| q > 0.0) {
+                    let u = ((r + gamma * j as f64 / cells) * cells).min(cells);
+                    let lo = u.floor() as usize;
+                    let f = u - lo as f64;
+                    next[x][lo] += pxy * q * (1.0 - f);
+                    if f > 0.0 {
+                        next[x][lo + 1] += pxy * q * f;
+                    }
+                }
+            }
+        }
+        law = next;
+    }
+    law
+}
+
+/// W1 between a law on the grid j/(k−1) of [0, 1] and the uniform law on `atoms`: ∫|F − G|.
+fn w1_grid_to_atoms(law: &[f64], atoms: &[f64]) -> f64 {
+    let cells = (law.len() - 1) as f64;
+    // (position, grid mass, atom mass), sorted by position.
+    let mut points: Vec<(f64, f64, f64)> = law.iter().enumerate().map(|(j, &q)| (j as f64 / cells, q, 0.0)).collect();
+    points.extend(atoms.iter().map(|&a| (a, 0.0, 1.0 / atoms.len() as f64)));
+    points.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let (mut f, mut g, mut w1) = (0.0, 0.0, 0.0);
+    for pair in points.windows(2) {
+        f += pair[0].1;
+        g += pair[0].2;
+        w1 += (f - g).abs() * (pair[1].0 - pair[0].0);
+    }
+    w1
+}
+
+/// The mean of a law on the grid of [0, 1].
+fn grid_mean(law: &[f64]) -> f64 {
+    let cells = (law.len() - 1) as f64;
+    law.iter().enumerate().map(|(j, &q)| q * j as f64 / cells).sum()
+}
+
+/// The exact references the trained tests rely on: the DP law's mean is the SR entry; on a
+/// deterministic alternation x0 ⇄ x1 the law is the Dirac at Σ_t (1−γ)γ^t 1{t odd} = γ/(1+γ)
+/// (W1 to that single atom is 0 up to the grid); and the SR of the fork's chain is (1−γ, γ, 0).
+#[test]
+fn exact_references_are_right() {
+    let walk = vec![vec![0.7, 0.3], vec![0.2, 0.8]];
+    let sr = successor_representation(&walk, 0.5);
+    // (I − γP)⁻¹ by hand: [[0.65, −0.15], [−0.1, 0.6]]⁻¹ = [[0.6, 0.15], [0.1, 0.65]] / 0.375.
+    let by_hand = [[0.8, 0.2], [0.4 / 3.0, 1.3 / 1.5]];
+    for x in 0..2 {
+        assert!(max_abs_diff(&sr[x], &by_hand[x]) < 1e-12, "SR row {x}: {:?}", sr[x]);
+    }
+    let law = exact_mass_law(&walk, 0.5, 1, 2001);
+    for x in 0..2 {
+        let total: f64 = law[x].iter().sum();
+        assert!((total - 1.0).abs() < 1e-9, "law {x} sums to {total}");
+        assert!((grid_mean(&law[x]) - sr[x][1]).abs() < 1e-6, "law {x} mean {} vs SR {}", grid_mean(&law[x]), sr[x][1]);
+    }
+    let alternation = vec![vec![0.0, 1.0], vec![1.0, 0.0]];
+    let dirac = exact_mass_law(&alternation, 0.5, 1, 2001);
+    assert!(w1_grid_to_atoms(&dirac[0], &[0.5 / 1.5]) < 1e-3, "x0: {}", w1_grid_to_atoms(&dirac[0], &[0.5 / 1.5]));
+    assert!(w1_grid_to_atoms(&dirac[1], &[1.0 / 1.5]) < 1e-3, "x1: {}", w1_grid_to_atoms(&dirac[1], &[1.0 / 1.5]));
+    let fork = vec![vec![0.0, 0.5, 0.5], vec![0.0, 1.0, 0.0], vec![0.0, 0.0, 1.0]];
+    assert!(max_abs_diff(&successor_representation(&fork, 0.5)[0], &[0.5, 0.25, 0.25]) < 1e-12);
+}
+
+/// The hyperparameters of the walk and cycle tests (test-only; module doc): O = 4, I = 32, Z = 2,
+/// a generator of 2 hidden layers of 32, γ = 0.5, H = 6, batch 16, Adam learning rate 3e-4
+/// (Polyak 0.01), no discriminator (φ = identity: the kernels act on the one-hot states), the
+/// reference's kernels (inner RQ mixture at h = 1, outer IMQ at the median heuristic), 2,000
+/// iterations (about 2.5 min per test on one core of a 2-core x86-64). Without a discriminator because φ, spectrally normalised, is 1-Lipschitz: it can
+/// only bring one-hot states closer, below a resolution that is already the limit here, and its
+/// adversarial step adds noise (measured: atoms with no mass on their own source, which the exact
+/// measure forbids); the fork test trains with it.
+const SMALL_WORLD_SETS: [&str; 11] = [
+    "model.num_outer=4",
+    "model.num_inner=32",
+    "model.latent_dims=2",
+    "model.generator_hidden=32",
+    "model.generator_layers=2",
+    "model.gamma=0.5",
+    "model.horizon=6",
+    "train.batch_size=16",
+    "train.learning_rate=3e-4",
+    "train.discriminator_steps=0",
+    "experiment.seed=0",
+];
+const SMALL_WORLD_ITERATIONS: u64 = 2000;
+
+/// Spec §9.2 *Two-state random walk*: P = [[0.7, 0.3], [0.2, 0.8]], γ = 0.5, r = 1{x = x1}.
+///
+/// - Mean: the atoms' mixture (the mean of their masses, [`atom_means`] on 4,000 samples each)
+///   is the SR row (1−γ)(I−γP)⁻¹[x] = (0.8, 0.2) at x0 and (0.133, 0.867) at x1, within 0.12 on
+///   every state. A model that ignores the source (both rows at the stationary (0.4, 0.6)) is
+///   0.27 off or more.
+/// - Law: the return G = Σγ^t r(X_t) is M(x)'s mass on x1 divided by 1−γ, so the test compares,
+///   in mass units, the law of the atoms' masses on x1 (uniform over the 4 atoms) with the exact
+///   law ([`exact_mass_law`], 2,001-point grid, error < 0.001). The sum over x0 and x1 of W1 must
+///   be below 0.20. For reference: the best 4-atom approximations reach 0.025 + 0.036 = 0.061,
+///   a collapsed model (every atom at the mean: a γ-model ensemble) 0.152 + 0.128 = 0.280, which
+///   the test also checks it rejects.
+///
+/// Measured on a 2-core x86-64 (`experiment.seed` 0, data seed 1): W1 0.041 at x0 and 0.071 at x1
+/// (sum 0.112) after 2,000 iterations, 0.145 after 3,000. The sum fluctuates along training by a
+/// few hundredths; on another walk's data (same P) seeds 0, 1, 2 gave 0.12, 0.16, 0.19 after
+/// 3,000 iterations, seed 2 being the closest to the tolerance (its atoms at x1 all near mass 1,
+/// the law's lower quarter missed).
+#[test]
+fn two_state_walk_matches_the_sr_row_and_the_return_law() {
+    const GAMMA: f64 = 0.5;
+    const MEAN_TOL: f64 = 0.12;
+    const W1_TOL: f64 = 0.20;
+    let _serial = serial();
+    let walk = vec![vec![0.7, 0.3], vec![0.2, 0.8]];
+    let data = markov_dataset(&walk, 20_000, 1);
+    let trainer = train(&SMALL_WORLD_SETS, &data, SMALL_WORLD_ITERATIONS);
+    let sr = successor_representation(&walk, GAMMA);
+    let law = exact_mass_law(&walk, GAMMA, 1, 2001);
+    let (mut w1_sum, mut collapsed_sum) = (0.0, 0.0);
+    let mut report = String::new();
+    for x in 0..2 {
+        let atoms = atom_means(&trainer, x, 4000);
+        let mixture: Vec<f64> = (0..2).map(|k| atoms.iter().map(|a| a[k]).sum::<f64>() / atoms.len() as f64).collect();
+        let mean_err = max_abs_diff(&mixture, &sr[x]);
+        assert!(
+            mean_err < MEAN_TOL,
+            "x{x}: mixture {mixture:.3?} is {mean_err:.3} from the SR row {:.3?}; atoms {atoms:.3?}",
+            sr[x]
+        );
+        let on_x1: Vec<f64> = atoms.iter().map(|a| a[1]).collect();
+        let w1 = w1_grid_to_atoms(&law[x], &on_x1);
+        w1_sum += w1;
+        collapsed_sum += w1_grid_to_atoms(&law[x], &[grid_mean(&law[x])]);
+        report += &format!("x{x}: atoms' mass on x1 {on_x1:.3?}, W1 {w1:.3}; ");
+    }
+    eprintln!("two-state walk: {report}sum {w1_sum:.3}");
+    assert!(w1_sum < W1_TOL, "W1 summed over x0, x1 is {w1_sum:.3} ≥ {W1_TOL}: {report}");
+    assert!(collapsed_sum > W1_TOL, "the tolerance must reject a collapsed model ({collapsed_sum:.3})");
+}
+
+/// Spec §9.2 *Deterministic cycle*: x0 → x1 → x2 → x0, γ = 0.5. M(x) is not random: it is
+/// Σ_t (1−γ)γ^t δ_{x+t mod 3} = (4/7, 2/7, 1/7) rotated to start at x, so every atom must be that
+/// one measure (the outer MMD must not spread them).
+///
+/// Checks at each source, on 4,000 samples per atom ([`atom_means`]):
+/// - the mixture is within 0.08 of the exact measure on every state;
+/// - every atom is within 0.35 of it on every state, and the atoms' root-mean-square distance
+///   (max over states) to their mixture is below 0.25: the spread allowed is the resolution of
+///   the I = 32-sample estimator (module doc) with a margin; atoms spread over the cycle (one
+///   per state's Dirac, or the exact measure's rotations) are ≥ 0.42 from it.
+///
+/// Measured (seed 0, data seed 1): after 2,000 iterations the mixture within 0.033, the worst atom
+/// 0.24 off, spreads 0.18, 0.11, 0.10 at x0, x1, x2; after 3,000, 0.028, 0.24 and 0.14 at worst.
+/// The spread does not shrink to 0 with these sizes (module doc); a run on other data, with one
+/// atom lagging at x1 and x2, had its worst atom 0.29 off.
+#[test]
+fn deterministic_cycle_collapses_the_atoms() {
+    const GAMMA: f64 = 0.5;
+    let _serial = serial();
+    let cycle = vec![vec![0.0, 1.0, 0.0], vec![0.0, 0.0, 1.0], vec![1.0, 0.0, 0.0]];
+    let data = markov_dataset(&cycle, 20_000, 1);
+    let trainer = train(&SMALL_WORLD_SETS, &data, SMALL_WORLD_ITERATIONS);
+    let sr = successor_representation(&cycle, GAMMA);
+    for (x, exact) in sr.iter().enumerate() {
+        let atoms = atom_means(&trainer, x, 4000);
+        let mixture: Vec<f64> = (0..3).map(|k| atoms.iter().map(|a| a[k]).sum::<f64>() / atoms.len() as f64).collect();
+        let mean_err = max_abs_diff(&mixture, exact);
+        assert!(
+            mean_err < 0.08,
+            "x{x}: mixture {mixture:.3?} is {mean_err:.3} from M(x) {:.3?}; atoms {atoms:.3?}",
+            sr[x]
+        );
+        for atom in &atoms {
+            let err = max_abs_diff(atom, exact);
+            assert!(err < 0.35, "x{x}: atom {atom:.3?} is {err:.3} from M(x) {exact:.3?}; atoms {atoms:.3?}");
+        }
+        let spread = (atoms.iter().map(|a| max_abs_diff(a, &mixture).powi(2)).sum::<f64>() / atoms.len() as f64).sqrt();
+        eprintln!("cycle x{x}: mixture error {mean_err:.3}, spread {spread:.3}, atoms {atoms:.3?}");
+        assert!(spread < 0.25, "x{x}: the atoms spread {spread:.3} around their mixture {mixture:.3?}: {atoms:.3?}");
     }
 }
