@@ -23,6 +23,9 @@ use crate::loss::mmd::Bandwidth;
 /// `dsm/kernels.py`; each sums over its bandwidth list).
 pub const KERNEL_NAMES: [&str; 4] = ["rational_quadratic", "inverse_multi_quadric", "rbf", "cauchy"];
 
+/// The values `train.engine` accepts.
+pub const ENGINE_NAMES: [&str; 2] = ["fused", "burn"];
+
 /// The kernel a config name stands for, with the given bandwidths; `None` for an unknown name.
 pub fn kernel_from_name(name: &str, bandwidths: &[f64]) -> Option<Kernel> {
     let b = bandwidths.to_vec();
@@ -175,6 +178,12 @@ pub struct TrainConfig {
     /// Discriminator steps per iteration (`num_discriminator_steps`): 1, or 0 for no discriminator at all
     /// (the `median` variant: the kernels act on raw states, φ is never applied or trained).
     pub discriminator_steps: usize,
+    /// The engine that computes the iteration: `"fused"` (hand-written forward and backward passes
+    /// on flat buffers, threads over batch rows; the default) or `"burn"` (the reference engine). A
+    /// variant the fused engine does not cover runs on burn, and the run says so at start.
+    pub engine: String,
+    /// Threads of the fused engine (0: every core available to the process).
+    pub threads: usize,
 }
 
 impl Default for TrainConfig {
@@ -190,6 +199,8 @@ impl Default for TrainConfig {
             log_every: 1_000,
             batch_chunk: 0,
             discriminator_steps: 1,
+            engine: "fused".into(),
+            threads: 0,
         }
     }
 }
@@ -284,6 +295,9 @@ impl LearnerConfig {
                 format!("train.discriminator_steps must be 0 (no discriminator) or 1, got {}", t.discriminator_steps),
             );
         }
+        if !ENGINE_NAMES.contains(&t.engine.as_str()) {
+            return bad("train", format!("train.engine must be one of {ENGINE_NAMES:?}, got {:?}", t.engine));
+        }
         if t.discriminator_steps == 0 && m.inner_separate_discriminator {
             return bad(
                 "model",
@@ -326,6 +340,7 @@ mod tests {
             ("model.outer_bandwidths=[]", "model.outer_bandwidths"),
             ("model.inner_adaptive_bandwidth=true", "model.inner_adaptive_bandwidth"),
             ("train.discriminator_steps=2", "train.discriminator_steps"),
+            ("train.engine=jax", "train.engine"),
         ] {
             let mut doc = ConfigDoc::empty();
             doc.apply_set(set).unwrap();

@@ -4,12 +4,14 @@
 //! - [`config`]: the typed `[model]` and `[train]` sections;
 //! - [`device`]: one build for CPU and GPU machines: burn's CUDA backend is always compiled in and
 //!   chosen at run time only when a CUDA driver is present;
+//! - [`fused`]: the fused CPU engine (hand-written forward/backward, threads), tested against burn;
 //! - [`model`]: generator, spectral norm, discriminator;
 //! - [`loss`]: kernels, inner and outer MMD, the Bellman target;
 //! - [`train`]: data, iteration, checkpoints.
 
 pub mod config;
 pub mod device;
+pub mod fused;
 pub mod loss;
 pub mod model;
 pub mod train;

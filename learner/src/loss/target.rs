@@ -68,7 +68,7 @@ impl HorizonSampler {
     /// draws it too (`floor(log(u) / log1p(-p)) + 1`), with one uniform per sample, which matters
     /// here: a training step draws B·O·I ≈ 10⁵ of them. For γ = 0, ln γ = −∞ and F = 0.
     #[inline]
-    fn draw<R: Rng + ?Sized>(&self, rng: &mut R, first_last: Option<usize>) -> usize {
+    pub fn draw<R: Rng + ?Sized>(&self, rng: &mut R, first_last: Option<usize>) -> usize {
         let u = 1.0 - rng.random::<f64>(); // (0, 1]
                                            // ≥ 0 (or −0), never NaN. Capping before the cast keeps huge draws (U → 0) finite;
                                            // anything ≥ H + 1 clips alike.

@@ -2,6 +2,8 @@
 //!
 //! - [`dataset`]: windows of H+1 steps from an offline `.npz` written by `actor simulate`, and
 //!   the [`dataset::WindowSource`] trait both data sources implement;
+//! - [`draws`]: counter-based randomness: every latent, horizon and window of an iteration is a
+//!   function of (seed, iteration, phase, purpose, row), shared by every engine;
 //! - [`replay_source`]: windows from the live replay store through the coordinator's sampling
 //!   client, after checking the coordinator's experiment against the model;
 //! - [`publisher`]: checkpoints published to the coordinator's registry in the background;
@@ -12,6 +14,7 @@
 
 pub mod checkpoint;
 pub mod dataset;
+pub mod draws;
 pub mod publisher;
 pub mod replay_source;
 pub mod run;

@@ -30,7 +30,7 @@ use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{ElementConversion, Tensor, TensorData};
 
 use common::config::ConfigDoc;
-use common::rng::{self, StreamRng};
+use common::rng;
 
 use crate::config::LearnerConfig;
 use crate::loss::outer::LossSpec;
@@ -39,6 +39,7 @@ use crate::model::discriminator::{Discriminator, DiscriminatorConfig};
 use crate::model::generator::{Generator, GeneratorConfig};
 use crate::model::separate_discriminator::SeparateDiscriminator;
 use crate::train::dataset::{WindowBatch, WindowSource};
+use crate::train::draws::{Draws, Phase, Purpose};
 
 type Recorder_ = NamedMpkFileRecorder<FullPrecisionSettings>;
 
@@ -87,7 +88,7 @@ pub struct Trainer<B: AutodiffBackend> {
     optim_sd: OptimizerAdaptor<Adam, SeparateDiscriminator<B>, B>,
     /// Iterations completed.
     pub step: u64,
-    rng: StreamRng,
+    draws: Draws,
     batch: WindowBatch,
 }
 
@@ -126,7 +127,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             optim_g: adam().init(),
             optim_d: adam().init(),
             step: 0,
-            rng: rng::stream(config.seed, &["learner".into(), "data".into(), 0u64.into()]),
+            draws: Draws::new(config.seed),
             batch: WindowBatch::default(),
             config,
             doc,
@@ -152,13 +153,20 @@ impl<B: AutodiffBackend> Trainer<B> {
         self.separate.as_ref()
     }
 
-    /// Samples a batch and returns, on the inner backend, its source states s₀ and the Bellman
-    /// target Y built from the window and the target generator at s_H.
-    fn batch_and_target<S: WindowSource>(&mut self, data: &mut S) -> Result<SourcesAndTarget<B>, TrainError> {
+    /// Samples the batch of step `phase` and returns, on the inner backend, its source states s₀
+    /// and the Bellman target Y built from the window and the target generator at s_H. The windows,
+    /// the bootstrap latents and the horizons come from the counter-based [`Draws`].
+    fn batch_and_target<S: WindowSource>(
+        &mut self,
+        data: &mut S,
+        phase: Phase,
+    ) -> Result<SourcesAndTarget<B>, TrainError> {
         let m = &self.config.model;
         let (b, h, s) = (self.config.train.batch_size, m.horizon, self.state_dim);
-        data.next_batch(&mut self.rng, b, h, &mut self.batch)
-            .map_err(|source| TrainError::Data { iteration: self.step + 1, source })?;
+        let iteration = self.step + 1;
+        let mut window_rng = self.draws.windows(iteration, phase);
+        data.next_batch(&mut window_rng, b, h, &mut self.batch)
+            .map_err(|source| TrainError::Data { iteration, source })?;
         let device = self.device.clone();
         let obs = Tensor::<B::InnerBackend, 3>::from_data(
             TensorData::new(self.batch.observations.clone(), [b, h + 1, s]),
@@ -166,17 +174,26 @@ impl<B: AutodiffBackend> Trainer<B> {
         );
         let s0 = obs.clone().slice([0..b, 0..1, 0..s]).reshape([b, s]);
         let sh = obs.clone().slice([0..b, h..h + 1, 0..s]).reshape([b, s]);
-        let bootstrap = self.target.sample(sh, m.num_inner);
-        let mut indices = Vec::with_capacity(b * m.num_outer * m.num_inner);
-        HorizonSampler::new(m.gamma, h, m.cumulant_is_source_state).sample_into(
-            &mut self.rng,
-            &self.batch.step_types,
-            m.num_outer,
-            m.num_inner,
-            &mut indices,
-        );
+        let (o, i, z) = (m.num_outer, m.num_inner, m.latent_dims);
+        let mut latents = vec![0.0f32; b * o * i * z];
+        self.draws.latents(iteration, phase, Purpose::Bootstrap, 0..b, o * i * z, &mut latents);
+        let latents = Tensor::from_data(TensorData::new(latents, [b, o, i, z]), &device);
+        let bootstrap = self.target.forward(latents, sh);
+        let sampler = HorizonSampler::new(m.gamma, h, m.cumulant_is_source_state);
+        let mut horizons = vec![0u32; b * o * i];
+        self.draws.horizons(iteration, phase, &sampler, 0..b, &self.batch.step_types, o * i, &mut horizons);
+        let indices: Vec<i64> = horizons.iter().map(|&j| i64::from(j)).collect();
         let y = build_target(obs, &self.batch.step_types, bootstrap, &indices, m.bootstrap);
         Ok((s0, y))
+    }
+
+    /// The online latents of batch rows `rows` for step `phase`, `[rows, O, I, Z]`.
+    fn online_latents(&self, phase: Phase, rows: std::ops::Range<usize>) -> Tensor<B::InnerBackend, 4> {
+        let m = &self.config.model;
+        let (n, o, i, z) = (rows.len(), m.num_outer, m.num_inner, m.latent_dims);
+        let mut latents = vec![0.0f32; n * o * i * z];
+        self.draws.latents(self.step + 1, phase, Purpose::Online, rows, o * i * z, &mut latents);
+        Tensor::from_data(TensorData::new(latents, [n, o, i, z]), &self.device)
     }
 
     pub fn generator(&self) -> &Generator<B> {
@@ -215,8 +232,7 @@ impl<B: AutodiffBackend> Trainer<B> {
     /// that keeps state (the replay store's client).
     pub fn iteration(&mut self, mut data: impl WindowSource) -> Result<IterationLosses, TrainError> {
         let iteration = self.step + 1;
-        let (lr, tau, num_inner) =
-            (self.config.train.learning_rate, self.config.train.target_update, self.config.model.num_inner);
+        let (lr, tau) = (self.config.train.learning_rate, self.config.train.target_update);
         let (b, s) = (self.config.train.batch_size, self.state_dim);
         let chunks = self.chunks();
 
@@ -228,13 +244,14 @@ impl<B: AutodiffBackend> Trainer<B> {
         };
 
         // G step: gradients through X only.
-        let (s0, y) = self.batch_and_target(&mut data)?;
+        let (s0, y) = self.batch_and_target(&mut data, Phase::Generator)?;
         let mut accumulator = GradientsAccumulator::<Generator<B>>::new();
         let mut g_value = 0.0;
         for rows in &chunks {
             let weight = rows.len() as f64 / b as f64;
             let s0c = Tensor::from_inner(s0.clone().slice([rows.clone(), 0..s]));
-            let x = self.generator.sample(s0c, num_inner);
+            let x =
+                self.generator.forward(Tensor::from_inner(self.online_latents(Phase::Generator, rows.clone())), s0c);
             let xe = self.embed(x, rows.start, false);
             let ye = self.embed(Tensor::from_inner(y.clone().slice(rows.clone())), rows.start, false);
             let loss = self.loss(xe, ye).mul_scalar(weight);
@@ -263,11 +280,10 @@ impl<B: AutodiffBackend> Trainer<B> {
         chunks: &[std::ops::Range<usize>],
         iteration: u64,
     ) -> Result<f64, TrainError> {
-        let (lr, num_inner, b) =
-            (self.config.train.learning_rate, self.config.model.num_inner, self.config.train.batch_size);
+        let (lr, b) = (self.config.train.learning_rate, self.config.train.batch_size);
         let online = self.generator.valid();
-        let (s0, y) = self.batch_and_target(data)?;
-        let x = online.sample(s0, num_inner);
+        let (s0, y) = self.batch_and_target(data, Phase::Discriminator)?;
+        let x = online.forward(self.online_latents(Phase::Discriminator, 0..b), s0);
         let mut accumulator = GradientsAccumulator::<Discriminator<B>>::new();
         let mut separate_accumulator = GradientsAccumulator::<SeparateDiscriminator<B>>::new();
         let mut d_value = 0.0;
@@ -353,9 +369,8 @@ impl<B: AutodiffBackend> Trainer<B> {
             let sd = Recorder::<B>::load(&recorder, dir.join("optim_separate_discriminator"), &device)?;
             self.optim_sd = self.optim_sd.clone().load_record(sd);
         }
+        // The draws are counter-based: iteration step + 1 draws what the unstopped run would have.
         self.step = step;
-        // A resumed run draws its batches from a stream named by its starting step.
-        self.rng = rng::stream(self.config.seed, &["learner".into(), "data".into(), step.into()]);
         Ok(())
     }
 }

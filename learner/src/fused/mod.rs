@@ -1,0 +1,20 @@
+//! The fused δ-model engine on the CPU: the training iteration with hand-written forward and
+//! backward passes on flat buffers, threads over batch rows, no allocation per iteration.
+//!
+//! - [`matmul`]: row-major products through a run-time-dispatched GEMM crate;
+//! - [`pool`]: the fixed worker threads of the parallel regions;
+//! - [`kernel`]: kernels with their derivatives, vectorisable (specialised powers, polynomial ln/exp);
+//! - [`mmd`]: one batch row's loss (pair blocks, clip, median by selection, outer MMD) and its backward;
+//! - [`network`]: the generator (split first layer) and φ with spectral norm, forward and backward;
+//! - [`adam`]: Adam and Polyak on flat buffers, operation for operation as burn;
+//! - [`engine`]: the iteration.
+//!
+//! The burn modules (`model`, `loss`) are the reference this engine is tested against.
+
+pub mod adam;
+pub mod engine;
+pub mod kernel;
+pub mod matmul;
+pub mod mmd;
+pub mod network;
+pub mod pool;

@@ -1,0 +1,201 @@
+//! The fused engine against the burn engine (the reference): the same parameters, the same
+//! counter-based draws, the same windows; one full iteration (D step, G step, Adam, Polyak, the
+//! spectral-norm state) must agree.
+//!
+//! Tolerances (f32 burn on ndarray against f32 fused; the summation orders differ):
+//! - losses: 1e-4 relative + 1e-6 absolute (an MMD near zero loses digits to cancellation);
+//! - gradients, read off as parameter changes under an Adam whose ε dwarfs √v (so that the step is
+//!   −g exactly to first order): 1e-4 of the largest change of that tensor + 1e-6 absolute;
+//! - parameters after several iterations with the reference's Adam: 1e-5 absolute (each step moves a
+//!   parameter by about the learning rate, 6.25e-5, so this catches a wrong step direction or size).
+
+use burn::backend::{Autodiff, NdArray};
+use burn::module::AutodiffModule;
+use burn::tensor::backend::Backend;
+use common::config::ConfigDoc;
+use learner::config::LearnerConfig;
+use learner::fused::engine::{gen_from_burn, phi_from_burn, FusedEngine};
+use learner::fused::network::{GenParams, PhiParams};
+use learner::train::dataset::OfflineDataset;
+use learner::train::trainer::Trainer;
+
+type B = Autodiff<NdArray>;
+
+/// A bounded random walk in S dimensions, 2 streams with an episode boundary (LAST, then FIRST).
+fn walk(dim: usize) -> OfflineDataset {
+    let (streams, steps) = (2, 400);
+    let mut rng = common::rng::stream(5, &["fused-test".into()]);
+    let mut obs = Vec::new();
+    let mut types = Vec::new();
+    for _ in 0..streams {
+        let mut x = vec![0.5f32; dim];
+        for t in 0..steps {
+            for v in &mut x {
+                *v = (*v + rand::Rng::random_range(&mut rng, -0.2..0.2)).clamp(0.0, 1.0);
+            }
+            obs.extend_from_slice(&x);
+            types.push(match t {
+                0 | 200 => 0,
+                199 | 399 => 2,
+                _ => 1,
+            });
+        }
+    }
+    OfflineDataset::from_parts(obs, types, streams, steps, dim).unwrap()
+}
+
+fn config(extra: &[&str]) -> (LearnerConfig, ConfigDoc) {
+    let mut doc = ConfigDoc::empty();
+    doc.apply_sets(&[
+        "model.num_outer=4",
+        "model.num_inner=3",
+        "model.latent_dims=3",
+        "model.generator_hidden=16",
+        "model.discriminator_hidden=16",
+        "train.batch_size=6",
+    ])
+    .unwrap();
+    doc.apply_sets(extra).unwrap();
+    (LearnerConfig::resolve(&doc).unwrap(), doc)
+}
+
+fn max_abs(v: &[f32]) -> f32 {
+    v.iter().fold(0.0f32, |m, x| m.max(x.abs()))
+}
+
+fn assert_close(what: &str, fused: &[f32], burn: &[f32], rel: f32, abs: f32) {
+    assert_eq!(fused.len(), burn.len(), "{what}: lengths");
+    let scale = max_abs(burn);
+    for (k, (a, b)) in fused.iter().zip(burn).enumerate() {
+        assert!((a - b).abs() <= rel * scale + abs, "{what}[{k}]: fused {a} vs burn {b} (scale {scale})");
+    }
+}
+
+fn diff(after: &[f32], before: &[f32]) -> Vec<f32> {
+    after.iter().zip(before).map(|(a, b)| a - b).collect()
+}
+
+fn gen_of<Bk: Backend>(t: &learner::model::generator::Generator<Bk>) -> GenParams {
+    gen_from_burn(t)
+}
+
+fn phi_of(t: &Trainer<B>) -> PhiParams {
+    phi_from_burn(&t.discriminator().valid())
+}
+
+/// The parameter changes of one iteration, which are the gradients under a huge-ε Adam.
+#[test]
+fn one_iteration_gives_the_gradients_of_the_burn_engine() {
+    for dim in [2usize, 5] {
+        // lr = ε: the first Adam step is −g/(1 + √(1−β₂)|g|/(ε√(1−β₂))) ≈ −g.
+        let (cfg, doc) = config(&["train.learning_rate=10000.0", "train.adam_eps=10000.0"]);
+        let data = walk(dim);
+        let mut burn = Trainer::<B>::new(cfg.clone(), doc.clone(), dim, Default::default());
+        let mut fused = FusedEngine::new(cfg, doc, dim).unwrap();
+        let (g0, p0) = (gen_of(&burn.generator().valid()), phi_of(&burn));
+        assert_eq!(fused.generator, g0, "the engines start from the same generator");
+        assert_eq!(fused.phi, p0, "and the same φ");
+        let lb = burn.iteration(&data).unwrap();
+        let lf = fused.iteration(&data).unwrap();
+        for (what, a, b) in [("D loss", lf.discriminator, lb.discriminator), ("G loss", lf.generator, lb.generator)] {
+            assert!((a - b).abs() <= 1e-4 * b.abs() + 1e-6, "{what}: fused {a} vs burn {b}");
+        }
+        let (g1, p1) = (gen_of(&burn.generator().valid()), phi_of(&burn));
+        for k in 0..p0.weights.len() {
+            let want = diff(&p1.weights[k], &p0.weights[k]);
+            assert!(max_abs(&want) > 0.0, "φ layer {k} has a gradient");
+            assert_close(
+                &format!("S={dim} φ W{k} step"),
+                &diff(&fused.phi.weights[k], &p0.weights[k]),
+                &want,
+                1e-4,
+                1e-6,
+            );
+            let want = diff(&p1.biases[k], &p0.biases[k]);
+            assert_close(
+                &format!("S={dim} φ b{k} step"),
+                &diff(&fused.phi.biases[k], &p0.biases[k]),
+                &want,
+                1e-4,
+                1e-6,
+            );
+            assert_close(&format!("S={dim} φ u{k}"), &fused.phi.u[k], &p1.u[k], 1e-5, 1e-6);
+        }
+        for l in 0..g0.weights.len() {
+            let want = diff(&g1.weights[l], &g0.weights[l]);
+            assert!(max_abs(&want) > 0.0, "generator layer {l} has a gradient");
+            assert_close(
+                &format!("S={dim} G W{l} step"),
+                &diff(&fused.generator.weights[l], &g0.weights[l]),
+                &want,
+                1e-4,
+                1e-6,
+            );
+            let want = diff(&g1.biases[l], &g0.biases[l]);
+            assert_close(
+                &format!("S={dim} G b{l} step"),
+                &diff(&fused.generator.biases[l], &g0.biases[l]),
+                &want,
+                1e-4,
+                1e-6,
+            );
+        }
+        let t1 = gen_of(burn.target());
+        for l in 0..g0.weights.len() {
+            assert_close(&format!("S={dim} target W{l}"), &fused.target.weights[l], &t1.weights[l], 1e-5, 1e-6);
+        }
+    }
+}
+
+/// With the reference's Adam, five iterations stay together: parameters, target and u.
+#[test]
+fn five_iterations_with_the_reference_adam_agree() {
+    let (cfg, doc) = config(&[]);
+    let dim = 3;
+    let data = walk(dim);
+    let mut burn = Trainer::<B>::new(cfg.clone(), doc.clone(), dim, Default::default());
+    let mut fused = FusedEngine::new(cfg, doc, dim).unwrap();
+    for it in 1..=5 {
+        let lb = burn.iteration(&data).unwrap();
+        let lf = fused.iteration(&data).unwrap();
+        for (a, b) in [(lf.discriminator, lb.discriminator), (lf.generator, lb.generator)] {
+            assert!((a - b).abs() <= 1e-4 * b.abs() + 1e-6, "iteration {it}: loss fused {a} vs burn {b}");
+        }
+    }
+    let (g, p, t) = (gen_of(&burn.generator().valid()), phi_of(&burn), gen_of(burn.target()));
+    for l in 0..g.weights.len() {
+        assert_close(&format!("G W{l}"), &fused.generator.weights[l], &g.weights[l], 0.0, 1e-5);
+        assert_close(&format!("G b{l}"), &fused.generator.biases[l], &g.biases[l], 0.0, 1e-5);
+        assert_close(&format!("target W{l}"), &fused.target.weights[l], &t.weights[l], 0.0, 1e-5);
+    }
+    for k in 0..p.weights.len() {
+        assert_close(&format!("φ W{k}"), &fused.phi.weights[k], &p.weights[k], 0.0, 1e-5);
+        assert_close(&format!("φ b{k}"), &fused.phi.biases[k], &p.biases[k], 0.0, 1e-5);
+        assert_close(&format!("φ u{k}"), &fused.phi.u[k], &p.u[k], 1e-4, 1e-5);
+    }
+    assert_eq!((fused.adam_generator.time, fused.adam_phi.time), (5, 5));
+}
+
+/// 1 thread against 2 threads: the same parameters after 50 iterations, up to float rounding
+/// (1e-6 relative + 1e-6 absolute).
+#[test]
+fn thread_count_does_not_change_the_result() {
+    let dim = 4;
+    let data = walk(dim);
+    let run = |threads: usize| {
+        let (cfg, doc) = config(&[&format!("train.threads={threads}")]);
+        let mut f = FusedEngine::new(cfg, doc, dim).unwrap();
+        assert_eq!(f.threads(), threads);
+        for _ in 0..50 {
+            f.iteration(&data).unwrap();
+        }
+        (f.generator, f.phi)
+    };
+    let (g1, p1) = run(1);
+    let (g2, p2) = run(2);
+    for (a, b) in g1.weights.iter().zip(&g2.weights).chain(p1.weights.iter().zip(&p2.weights)) {
+        // The split changes the grouping of the weight-gradient sums; Adam normalises near-zero
+        // gradients, so their rounding shows at about 1e-6 after 50 iterations.
+        assert_close("params", a, b, 1e-6, 1e-6);
+    }
+}
