@@ -53,6 +53,8 @@ fn tiny(extra: &[&str]) -> ConfigDoc {
         "train.batch_size=4",
         "train.checkpoint_every=3",
         "train.log_every=1",
+        // These tests read the burn engine's checkpoints; tests/fused_run.rs covers the fused engine's.
+        "train.engine=burn",
     ])
     .unwrap();
     doc.apply_sets(extra).unwrap();
@@ -109,16 +111,20 @@ fn a_diverging_run_stops_with_the_iteration_named_and_keeps_its_last_checkpoint(
     let work = dir.path().join("work");
     // An absurd learning rate: Adam moves every weight by ~1e30 per step, and the activations
     // overflow within a few iterations.
-    let doc = tiny(&["train.steps=50", "train.learning_rate=1e30", "train.checkpoint_every=1"]);
-    let err = run::<B>(doc, &data, &work, Default::default()).unwrap_err();
-    let message = format!("{err:#}");
-    assert!(message.contains("non-finite loss") && message.contains("at iteration"), "{message}");
-    let iteration: u64 = message.split("at iteration ").nth(1).unwrap().split(',').next().unwrap().parse().unwrap();
-    assert!(message.contains("step"), "the phase is named: {message}");
-    // Checkpoints are written every iteration, so the newest is the last good one (none when the
-    // very first iteration diverged).
-    let latest = CheckpointDir::open(&work, 3).unwrap().latest().map_or(0, |(s, _)| s);
-    assert_eq!(latest, iteration - 1, "the last good checkpoint is the one before the bad iteration");
+    for engine in ["burn", "fused"] {
+        let work = dir.path().join(engine);
+        let engine = format!("train.engine={engine}");
+        let doc = tiny(&["train.steps=50", "train.learning_rate=1e30", "train.checkpoint_every=1", &engine]);
+        let err = run::<B>(doc, &data, &work, Default::default()).unwrap_err();
+        let message = format!("{err:#}");
+        assert!(message.contains("non-finite loss") && message.contains("at iteration"), "{message}");
+        let iteration: u64 = message.split("at iteration ").nth(1).unwrap().split(',').next().unwrap().parse().unwrap();
+        assert!(message.contains("step"), "the phase is named: {message}");
+        // Checkpoints are written every iteration, so the newest is the last good one (none when the
+        // very first iteration diverged).
+        let latest = CheckpointDir::open(&work, 3).unwrap().latest().map_or(0, |(s, _)| s);
+        assert_eq!(latest, iteration - 1, "the last good checkpoint is the one before the bad iteration");
+    }
 }
 
 #[test]

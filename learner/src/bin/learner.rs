@@ -61,6 +61,7 @@ fn main() -> ExitCode {
 }
 
 fn main_inner(cli: Cli) -> Result<()> {
+    learner::train::stop::install()?;
     let mut doc = match &cli.config {
         Some(path) => ConfigDoc::load(path)?,
         None => ConfigDoc::empty(),

@@ -1,5 +1,5 @@
-//! `learner_bench`: iterations per second of the δ-model on this machine's CPU, and the inner
-//! MMD's self-term reuse against the direct formula, measured in the same run.
+//! `learner_bench`: the fused engine against the burn engine, measured in the same run, on this
+//! machine's CPU, with the machine's FMA throughput as the yardstick.
 //!
 //! `cargo run --release -p learner --bin learner_bench [-- --quick]`. The dataset is synthetic
 //! (a bounded random walk of the right state size), so the simulator is not what is measured.
@@ -7,20 +7,19 @@
 use std::time::Instant;
 
 use burn::backend::{Autodiff, NdArray};
-use burn::tensor::{Distribution, Tensor};
 use clap::Parser;
 
 use common::config::ConfigDoc;
 use learner::config::LearnerConfig;
-use learner::loss::kernels::Kernel;
-use learner::loss::mmd::{direct_inner_mmd_matrices, inner_mmd_matrices, pair_block_means};
+use learner::fused::engine::FusedEngine;
+use learner::fused::matmul::{set_backend, GemmBackend};
 use learner::train::dataset::OfflineDataset;
 use learner::train::trainer::Trainer;
 
 type B = Autodiff<NdArray>;
 
 #[derive(Debug, Parser)]
-#[command(name = "learner_bench", about = "Benchmarks of the δ-model learner on the CPU")]
+#[command(name = "learner_bench", about = "Benchmarks of the δ-model learner on the CPU: fused engine vs burn")]
 struct Cli {
     /// Fewer iterations (a smoke run of the benchmark itself).
     #[arg(long)]
@@ -46,72 +45,170 @@ fn walk(streams: usize, steps: usize, dim: usize) -> OfflineDataset {
     OfflineDataset::from_parts(obs, types, streams, steps, dim).expect("a valid synthetic dataset")
 }
 
-/// Iterations per second of a config, after `warmup` iterations.
-fn iterations_per_second(file: &str, sets: &[&str], dim: usize, warmup: u64, iters: u64) -> (f64, f64) {
+fn config(file: &str, sets: &[String]) -> (LearnerConfig, ConfigDoc) {
     let mut doc = ConfigDoc::load(std::path::Path::new(file)).expect("config");
     doc.apply_sets(sets).expect("overrides");
-    let config = LearnerConfig::resolve(&doc).expect("valid config");
-    let data = walk(1, 24_000, dim);
-    let mut trainer = Trainer::<B>::new(config, doc, dim, Default::default());
-    for _ in 0..warmup {
-        trainer.iteration(&data).expect("finite");
-    }
-    let start = Instant::now();
-    let mut last = 0.0;
-    for _ in 0..iters {
-        last = trainer.iteration(&data).expect("finite").generator;
-    }
-    (iters as f64 / start.elapsed().as_secs_f64(), last)
+    (LearnerConfig::resolve(&doc).expect("valid config"), doc)
 }
 
-/// Seconds per forward + backward of the inner MMD matrices, block path vs direct formula.
-fn inner_mmd(b: usize, o: usize, i: usize, e: usize, reps: usize) -> (f64, f64) {
-    let device = Default::default();
-    let kernel = Kernel::rq_default();
-    let time = |direct: bool| {
-        let start = Instant::now();
-        for _ in 0..reps {
-            let x = Tensor::<B, 4>::random([b, o, i, e], Distribution::Normal(0.0, 1.0), &device).require_grad();
-            let y = Tensor::<B, 4>::random([b, o, i, e], Distribution::Normal(0.0, 1.0), &device).require_grad();
-            let (dxx, dyy, dxy) = if direct {
-                direct_inner_mmd_matrices(x.clone(), y.clone(), &kernel)
-            } else {
-                inner_mmd_matrices(pair_block_means(x.clone(), y.clone(), &kernel))
-            };
-            let total = dxx.sum() + dyy.sum() + dxy.sum();
-            let _ = total.backward();
+/// Iterations per second of the fused engine.
+fn fused(file: &str, sets: &[String], dim: usize, warmup: u64, iters: u64) -> f64 {
+    let (cfg, doc) = config(file, sets);
+    let data = walk(1, 24_000, dim);
+    let mut e = FusedEngine::new(cfg, doc, dim).expect("a fused config");
+    for _ in 0..warmup {
+        e.iteration(&data).expect("finite");
+    }
+    let start = Instant::now();
+    for _ in 0..iters {
+        e.iteration(&data).expect("finite");
+    }
+    iters as f64 / start.elapsed().as_secs_f64()
+}
+
+/// Iterations per second of the burn engine.
+fn burn(file: &str, sets: &[String], dim: usize, warmup: u64, iters: u64) -> f64 {
+    let (cfg, doc) = config(file, sets);
+    let data = walk(1, 24_000, dim);
+    let mut t = Trainer::<B>::new(cfg, doc, dim, Default::default());
+    for _ in 0..warmup {
+        t.iteration(&data).expect("finite");
+    }
+    let start = Instant::now();
+    for _ in 0..iters {
+        t.iteration(&data).expect("finite");
+    }
+    iters as f64 / start.elapsed().as_secs_f64()
+}
+
+/// Matrix-product FLOPs of one iteration (forward and backward, both steps); the kernel
+/// evaluations of the inner MMD come on top.
+fn matmul_flops(cfg: &LearnerConfig, s: usize) -> f64 {
+    let m = &cfg.model;
+    let (b, o, i, z, w, l, dw, e) = (
+        cfg.train.batch_size,
+        m.num_outer,
+        m.num_inner,
+        m.latent_dims,
+        m.generator_hidden,
+        m.generator_layers,
+        m.discriminator_hidden,
+        m.embedding_dim,
+    );
+    let n = (b * o * i) as f64;
+    let gen_fwd = 2.0 * n * (z * w + (l - 1) * w * w + w * s) as f64 + 2.0 * (b * o * s * w) as f64;
+    let phi_fwd = 2.0 * n * (s * dw + 6 * dw * dw + dw * e) as f64;
+    // D: target + online forward, φ forward on both sides, φ backward (weights and inputs) on both.
+    let d = 2.0 * gen_fwd + 2.0 * phi_fwd + 4.0 * phi_fwd;
+    // G: target + online forward, φ forward on both sides, φ input backward on X, generator backward.
+    let g = 2.0 * gen_fwd + 2.0 * phi_fwd + phi_fwd + 2.0 * gen_fwd;
+    d + g
+}
+
+/// Peak f32 FMA throughput of one thread, GFLOP/s (8-wide FMA chains, independent accumulators).
+fn fma_gflops_one_thread() -> f64 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            #[target_feature(enable = "avx2,fma")]
+            unsafe fn run(iters: usize) -> f32 {
+                use std::arch::x86_64::*;
+                let a = _mm256_set1_ps(0.999_999);
+                let bb = _mm256_set1_ps(1e-7);
+                let mut acc = [_mm256_set1_ps(1.0); 10];
+                for _ in 0..iters {
+                    for x in acc.iter_mut() {
+                        *x = _mm256_fmadd_ps(*x, a, bb);
+                    }
+                }
+                let mut out = [0.0f32; 8];
+                let mut s = _mm256_setzero_ps();
+                for x in acc {
+                    s = _mm256_add_ps(s, x);
+                }
+                _mm256_storeu_ps(out.as_mut_ptr(), s);
+                out.iter().sum()
+            }
+            let iters = 20_000_000;
+            // SAFETY: the features were detected above.
+            let _ = unsafe { run(1_000_000) };
+            let start = Instant::now();
+            let sink = unsafe { run(iters) };
+            let secs = start.elapsed().as_secs_f64();
+            std::hint::black_box(sink);
+            return (iters * 10 * 8 * 2) as f64 / secs / 1e9;
         }
-        start.elapsed().as_secs_f64() / reps as f64
-    };
-    let _ = time(false); // warm-up
-    (time(false), time(true))
+    }
+    f64::NAN
 }
 
 fn main() {
     let cli = Cli::parse();
-    let (thesis_iters, pendulum_iters, reps) = if cli.quick { (5, 1, 2) } else { (100, 2, 10) };
+    let q = cli.quick;
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../configs");
+    let thesis = format!("{root}/riab-random.toml");
+    let pendulum = format!("{root}/pendulum.toml");
+    let set = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+
+    let fma1 = fma_gflops_one_thread();
+    let fma2 = {
+        let h = std::thread::spawn(fma_gflops_one_thread);
+        let a = fma_gflops_one_thread();
+        a + h.join().unwrap_or(f64::NAN)
+    };
     println!("| benchmark | result |\n|---|---|");
-    let (ips, loss) = iterations_per_second(&format!("{root}/riab-random.toml"), &[], 50, 3, thesis_iters);
+    println!("| f32 FMA peak (AVX2, 8-wide), 1 thread / 2 threads | {fma1:.1} / {fma2:.1} GFLOP/s |");
+
+    let (burn_iters, fused_iters) = if q { (3, 20) } else { (60, 2_000) };
+    let burn_b32 = burn(&thesis, &[], 50, 2, burn_iters);
+    let (cfg32, _) = config(&thesis, &[]);
+    let flops32 = matmul_flops(&cfg32, 50);
+    println!("| thesis config (O 10, I 5, Z 5, 32-wide, B 32, S 50), burn engine | {burn_b32:.1} it/s |");
+    for backend in [GemmBackend::Gemm, GemmBackend::Matrixmultiply] {
+        set_backend(backend);
+        for threads in [1, 2] {
+            let ips = fused(&thesis, &set(&[&format!("train.threads={threads}")]), 50, 20, fused_iters);
+            let gflops = ips * flops32 / 1e9;
+            let peak = if threads == 1 { fma1 } else { fma2 };
+            println!(
+                "| thesis config, fused engine ({backend:?}), {threads} thread(s) | {ips:.0} it/s ({:.1}× burn; 500k iterations in {:.0} min; matmul {gflops:.1} GFLOP/s = {:.0}% of FMA peak) |",
+                ips / burn_b32,
+                500_000.0 / ips / 60.0,
+                100.0 * gflops / peak
+            );
+        }
+    }
+    set_backend(GemmBackend::Matrixmultiply);
+    let t = cores.min(2);
+    let per_row_32 = 1.0 / (fused(&thesis, &set(&[&format!("train.threads={t}")]), 50, 20, fused_iters) * 32.0);
+    for b in [256usize, 1024] {
+        let iters = (fused_iters * 32 / b as u64).max(3);
+        let ips =
+            fused(&thesis, &set(&[&format!("train.batch_size={b}"), &format!("train.threads={t}")]), 50, 2, iters);
+        let per_row = 1.0 / (ips * b as f64);
+        println!(
+            "| thesis config at B {b}, fused, {t} threads | {ips:.1} it/s; {:.1} µs per row vs {:.1} µs at B 32 ({:.2}×) |",
+            per_row * 1e6,
+            per_row_32 * 1e6,
+            per_row / per_row_32
+        );
+    }
+    let p_iters = if q { 1 } else { 3 };
+    let p_fused = fused(&pendulum, &set(&[&format!("train.threads={t}")]), 3, 1, p_iters);
+    let (cfgp, _) = config(&pendulum, &[]);
     println!(
-        "| thesis config (O 10, I 5, Z 5, 32-wide, B 32, S 50): iterations/s | {ips:.1} (500k iterations: {:.1} h; last G loss {loss:.4}) |",
-        500_000.0 / ips / 3600.0
+        "| Pendulum config (O 51, I 32, Z 8, 256-wide, B 64, S 3), fused, {t} threads | {:.2} s per iteration (matmul {:.1} GFLOP/s) |",
+        1.0 / p_fused,
+        p_fused * matmul_flops(&cfgp, 3) / 1e9
     );
-    // The full Pendulum batch (64 rows, 16 chunks of 4) takes minutes per iteration on 2 cores;
-    // one chunk's worth (B = 4) is timed and scaled by 16, since chunks run one after another.
-    let (ips, loss) =
-        iterations_per_second(&format!("{root}/pendulum.toml"), &["train.batch_size=4"], 3, 0, pendulum_iters);
-    let full = ips / 16.0;
-    println!(
-        "| Pendulum config (O 51, I 32, Z 8, 256-wide, S 3) at B 4 (one chunk): iterations/s | {ips:.3}; scaled to B 64: {full:.4} (2.5M iterations: {:.0} years; last G loss {loss:.4}) |",
-        2_500_000.0 / full / 86_400.0 / 365.0
-    );
-    let (b, o, i) = (32, 10, 5);
-    let (block, direct) = inner_mmd(b, o, i, 8, reps);
-    println!(
-        "| inner MMD matrices, B {b}, O {o}, I {i}, E 8, forward + backward: self-term reuse vs direct | {:.2} ms vs {:.2} ms ({:.2}× faster) |",
-        block * 1e3,
-        direct * 1e3,
-        direct / block
-    );
+    if !q {
+        // burn at B 4 (one chunk of the full batch) scaled by 16: chunks run one after another.
+        let b4 = burn(&pendulum, &set(&["train.batch_size=4", "train.batch_chunk=0"]), 3, 0, 1);
+        println!(
+            "| Pendulum config, burn engine (B 4 timed, scaled to B 64) | {:.0} s per iteration ({:.0}× slower than fused) |",
+            16.0 / b4,
+            (16.0 / b4) * p_fused
+        );
+    }
 }

@@ -33,6 +33,7 @@ use crate::loss::mmd::Bandwidth;
 use crate::loss::target::HorizonSampler;
 use crate::model::discriminator::{Discriminator, DiscriminatorConfig};
 use crate::model::generator::{Generator, GeneratorConfig};
+use crate::train::checkpoint_v2::{Array, Checkpoint};
 use crate::train::dataset::{WindowBatch, WindowSource, STEP_LAST};
 use crate::train::draws::{Draws, Phase, Purpose};
 use crate::train::trainer::{IterationLosses, TrainError};
@@ -534,5 +535,86 @@ impl FusedEngine {
                 );
             }
         }
+    }
+
+    /// Every parameter, target parameter, Adam moment and spectral-norm vector as a named array
+    /// (checkpoint format v2).
+    pub fn to_arrays(&self) -> Vec<Array> {
+        let gs = &self.gen_shape;
+        let mut out = Vec::new();
+        let gen = |out: &mut Vec<Array>, prefix: &str, p: &GenParams| {
+            for l in 0..gs.layers() {
+                let (i, o) = (gs.dims[l], gs.dims[l + 1]);
+                out.push(Array::new(format!("{prefix}.{l}.weight"), vec![gs.atoms, i, o], p.weights[l].clone()));
+                out.push(Array::new(format!("{prefix}.{l}.bias"), vec![gs.atoms, o], p.biases[l].clone()));
+            }
+        };
+        gen(&mut out, "generator", &self.generator);
+        gen(&mut out, "target", &self.target);
+        gen(&mut out, "adam.generator.m1", &self.adam_generator.m1);
+        gen(&mut out, "adam.generator.m2", &self.adam_generator.m2);
+        let ps = &self.phi_shape;
+        for k in 0..ps.layers() {
+            let (i, o) = ps.dims(k);
+            out.push(Array::new(format!("discriminator.{k}.weight"), vec![i, o], self.phi.weights[k].clone()));
+            out.push(Array::new(format!("discriminator.{k}.bias"), vec![o], self.phi.biases[k].clone()));
+            out.push(Array::new(format!("discriminator.{k}.u"), vec![o], self.phi.u[k].clone()));
+            for (name, mo) in [("m1", &self.adam_phi.m1), ("m2", &self.adam_phi.m2)] {
+                out.push(Array::new(
+                    format!("adam.discriminator.{name}.{k}.weight"),
+                    vec![i, o],
+                    mo.weights[k].clone(),
+                ));
+                out.push(Array::new(format!("adam.discriminator.{name}.{k}.bias"), vec![o], mo.biases[k].clone()));
+            }
+        }
+        out
+    }
+
+    /// The engine's part of `state.json`.
+    pub fn state_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "engine": "fused",
+            "step": self.step,
+            "rng_counter": self.step,
+            "state_dim": self.state_dim,
+            "adam_generator_time": self.adam_generator.time,
+            "adam_discriminator_time": self.adam_phi.time,
+        })
+    }
+
+    /// Loads a verified v2 checkpoint into this engine (shapes must match this model).
+    pub fn load(&mut self, mut c: Checkpoint) -> Result<()> {
+        let state_dim = c.state_u64("state_dim")? as usize;
+        if state_dim != self.state_dim {
+            bail!("the checkpoint is for states of {state_dim} floats, this run's data has {}", self.state_dim);
+        }
+        let gs = self.gen_shape.clone();
+        let mut gen = |prefix: &str, p: &mut GenParams| -> Result<()> {
+            for l in 0..gs.layers() {
+                let (w, b) = gs.layer_sizes(l);
+                p.weights[l] = c.take(&format!("{prefix}.{l}.weight"), w)?;
+                p.biases[l] = c.take(&format!("{prefix}.{l}.bias"), b)?;
+            }
+            Ok(())
+        };
+        gen("generator", &mut self.generator)?;
+        gen("target", &mut self.target)?;
+        gen("adam.generator.m1", &mut self.adam_generator.m1)?;
+        gen("adam.generator.m2", &mut self.adam_generator.m2)?;
+        for k in 0..self.phi_shape.layers() {
+            let (i, o) = self.phi_shape.dims(k);
+            self.phi.weights[k] = c.take(&format!("discriminator.{k}.weight"), i * o)?;
+            self.phi.biases[k] = c.take(&format!("discriminator.{k}.bias"), o)?;
+            self.phi.u[k] = c.take(&format!("discriminator.{k}.u"), o)?;
+            self.adam_phi.m1.weights[k] = c.take(&format!("adam.discriminator.m1.{k}.weight"), i * o)?;
+            self.adam_phi.m1.biases[k] = c.take(&format!("adam.discriminator.m1.{k}.bias"), o)?;
+            self.adam_phi.m2.weights[k] = c.take(&format!("adam.discriminator.m2.{k}.weight"), i * o)?;
+            self.adam_phi.m2.biases[k] = c.take(&format!("adam.discriminator.m2.{k}.bias"), o)?;
+        }
+        self.adam_generator.time = c.state_u64("adam_generator_time")?;
+        self.adam_phi.time = c.state_u64("adam_discriminator_time")?;
+        self.step = c.state_u64("step")?;
+        Ok(())
     }
 }

@@ -310,13 +310,15 @@ fn delta_row_impl(
             self_term(sums, a) + self_term(sums, b) - 2.0 * m
         }
     };
-    // 2. Inner distances, clipped at 0 (a raw value ≤ 0 gets no gradient).
+    // 2. Inner distances, clipped at 0 (a raw value ≤ 0 gets no gradient). Not `f32::max`, which
+    // would turn a NaN into 0 and hide a diverged model: NaN must reach the loss.
+    let clip = |v: f32| if v < 0.0 { 0.0 } else { v };
     for a in 0..o {
         for b in 0..o {
-            s.d[0][a * o + b] = raw(&s.sxx, a, b).max(0.0);
-            s.d[1][a * o + b] = raw(&s.syy, a, b).max(0.0);
+            s.d[0][a * o + b] = clip(raw(&s.sxx, a, b));
+            s.d[1][a * o + b] = clip(raw(&s.syy, a, b));
             let dxy = self_term(&s.sxx, a) + self_term(&s.syy, b) - 2.0 * s.sxy[a * o + b] / ii;
-            s.d[2][a * o + b] = dxy.max(0.0);
+            s.d[2][a * o + b] = clip(dxy);
         }
     }
     // 3. The outer bandwidth.
@@ -331,7 +333,12 @@ fn delta_row_impl(
             }
         }
         s.values.extend_from_slice(&s.d[2]);
-        median(&mut s.values).max(MIN_BANDWIDTH as f32)
+        let m = median(&mut s.values);
+        if m < MIN_BANDWIDTH as f32 {
+            MIN_BANDWIDTH as f32
+        } else {
+            m
+        }
     } else {
         outer.fixed_bandwidth
     };

@@ -8,14 +8,20 @@
 //!   client, after checking the coordinator's experiment against the model;
 //! - [`publisher`]: checkpoints published to the coordinator's registry in the background;
 //! - [`checkpoint`]: checkpoint directories with a DONE marker, newest N kept;
+//! - [`checkpoint_v2`]: the v2 layout: named `.npy` arrays, state, config, meta, a checksummed manifest;
+//! - [`engine`]: the engine a run uses (fused by default, burn as the reference), behind one type;
 //! - [`trainer`]: the iteration (D step, G step, Polyak) and what a checkpoint holds;
+//! - [`stop`]: SIGTERM and Ctrl-C end a run cleanly, with a checkpoint at its last iteration;
 //! - [`run`]: a whole run with resume, progress output and periodic checkpoints, one loop for
 //!   both sources.
 
 pub mod checkpoint;
+pub mod checkpoint_v2;
 pub mod dataset;
 pub mod draws;
+pub mod engine;
 pub mod publisher;
 pub mod replay_source;
 pub mod run;
+pub mod stop;
 pub mod trainer;

@@ -17,9 +17,9 @@ use common::rng;
 use crate::config::LearnerConfig;
 use crate::train::checkpoint::CheckpointDir;
 use crate::train::dataset::{OfflineDataset, WindowSource};
+use crate::train::engine::Engine;
 use crate::train::publisher::Publisher;
 use crate::train::replay_source::{check_experiment, fetch_experiment, ReplayOptions, ReplaySource};
-use crate::train::trainer::Trainer;
 
 /// How long a finished run waits for the coordinator to take its last checkpoints.
 const PUBLISH_GRACE: Duration = Duration::from_secs(10);
@@ -66,8 +66,9 @@ pub fn run<B: AutodiffBackend>(
         data.steps(),
         data.obs_dim()
     );
-    let trainer = Trainer::<B>::new(config, doc, data.obs_dim(), device);
-    train(trainer, &data, workdir, &about, None)
+    let meta = data.meta().cloned();
+    let engine = Engine::<B>::new(config, doc, data.obs_dim(), device)?;
+    train(engine, &data, workdir, &about, None, meta.as_ref())
 }
 
 /// Trains on windows from the replay store behind the coordinator at `options.coordinator`, as
@@ -101,8 +102,8 @@ pub fn run_from_coordinator<B: AutodiffBackend>(
         "the replay store at {} ({}, {} floats per state, windows of {} steps)",
         options.coordinator, served.env, served.obs_dim, served.window_steps
     );
-    let trainer = Trainer::<B>::new(config, doc, served.obs_dim, device);
-    let result = train(trainer, source, workdir, &about, Some(&publisher));
+    let engine = Engine::<B>::new(config, doc, served.obs_dim, device)?;
+    let result = train(engine, source, workdir, &about, Some(&publisher), None);
     let report = publisher.finish(PUBLISH_GRACE);
     let mut summary = result?;
     summary.published = report.published;
@@ -111,22 +112,36 @@ pub fn run_from_coordinator<B: AutodiffBackend>(
 
 /// The loop both sources share: resume, iterate, checkpoint (and publish), report.
 fn train<B: AutodiffBackend, S: WindowSource>(
-    mut trainer: Trainer<B>,
+    mut trainer: Engine<B>,
     mut source: S,
     workdir: &Path,
     about: &str,
     publisher: Option<&Publisher>,
+    meta: Option<&serde_json::Value>,
 ) -> Result<RunSummary> {
     std::fs::create_dir_all(workdir).with_context(|| format!("--workdir {}", workdir.display()))?;
-    let checkpoints = CheckpointDir::open(workdir, trainer.config.train.keep_checkpoints)?;
+    let checkpoints = CheckpointDir::open(workdir, trainer.config().train.keep_checkpoints)?;
     for dir in checkpoints.incomplete() {
         eprintln!("warning: ignoring incomplete checkpoint {} (no DONE marker)", dir.display());
     }
-    let total = trainer.config.train.steps;
-    let (checkpoint_every, log_every) = (trainer.config.train.checkpoint_every, trainer.config.train.log_every);
+    let total = trainer.config().train.steps;
+    let (checkpoint_every, log_every) = (trainer.config().train.checkpoint_every, trainer.config().train.log_every);
     let mut resumed_from = None;
-    if let Some((step, dir)) = checkpoints.latest() {
-        trainer.load(&dir).with_context(|| format!("resuming from {}", dir.display()))?;
+    // The newest complete checkpoint that loads; one whose files fail their checksums is skipped.
+    let mut loaded = None;
+    for (step, dir) in checkpoints.complete().into_iter().rev() {
+        match trainer.load(&dir) {
+            Ok(()) => {
+                loaded = Some((step, dir));
+                break;
+            }
+            Err(e) if format!("{e:#}").contains("fails its checksum") => {
+                eprintln!("warning: skipping checkpoint {}: {e:#}", dir.display());
+            }
+            Err(e) => return Err(e.context(format!("resuming from {}", dir.display()))),
+        }
+    }
+    if let Some((step, dir)) = loaded {
         eprintln!("resuming from checkpoint at step {step} ({})", dir.display());
         resumed_from = Some(step);
         // Published by the run that wrote it, unless the coordinator was unreachable then; the
@@ -135,7 +150,7 @@ fn train<B: AutodiffBackend, S: WindowSource>(
             p.publish(step, &dir, &[]);
         }
     }
-    let start_step = trainer.step;
+    let start_step = trainer.step();
     if start_step >= total {
         eprintln!("nothing to do: the newest checkpoint is at step {start_step}, and train.steps is {total}");
         return Ok(RunSummary {
@@ -147,20 +162,23 @@ fn train<B: AutodiffBackend, S: WindowSource>(
             published: Vec::new(),
         });
     }
-    eprintln!("training a δ-model on {about} for {} iterations", total - start_step);
+    eprintln!("training a δ-model on {about} for {} iterations ({})", total - start_step, trainer.describe());
     let terminal = std::io::stderr().is_terminal();
     let started = Instant::now();
     let mut last_draw = Instant::now() - Duration::from_secs(1);
     let mut last = None;
     let mut saved_at = start_step;
-    while trainer.step < total {
+    while trainer.step() < total {
+        if super::stop::requested() {
+            break;
+        }
         let losses = trainer.iteration(&mut source)?;
         last = Some((losses.discriminator, losses.generator));
-        let step = trainer.step;
+        let step = trainer.step();
         let done = step - start_step;
         let rate = done as f64 / started.elapsed().as_secs_f64().max(1e-9);
         if step.is_multiple_of(checkpoint_every) {
-            save(&trainer, &checkpoints, publisher, last, rate)?;
+            save(&trainer, &checkpoints, publisher, last, rate, meta)?;
             saved_at = step;
         }
         let eta = (total - step) as f64 / rate.max(1e-9);
@@ -185,43 +203,44 @@ fn train<B: AutodiffBackend, S: WindowSource>(
         eprintln!();
     }
     let seconds = started.elapsed().as_secs_f64();
-    if saved_at != trainer.step {
-        let rate = (trainer.step - start_step) as f64 / seconds.max(1e-9);
-        save(&trainer, &checkpoints, publisher, last, rate)?;
+    if saved_at != trainer.step() {
+        let rate = (trainer.step() - start_step) as f64 / seconds.max(1e-9);
+        save(&trainer, &checkpoints, publisher, last, rate, meta)?;
     }
     eprintln!(
         "done: {} iterations in {} ({:.1} it/s); checkpoints in {}",
-        trainer.step - start_step,
+        trainer.step() - start_step,
         hms(seconds),
-        (trainer.step - start_step) as f64 / seconds.max(1e-9),
+        (trainer.step() - start_step) as f64 / seconds.max(1e-9),
         checkpoints.root().display()
     );
     Ok(RunSummary {
         resumed_from,
-        final_step: trainer.step,
-        iterations_run: trainer.step - start_step,
+        final_step: trainer.step(),
+        iterations_run: trainer.step() - start_step,
         seconds,
         last_losses: last,
         published: Vec::new(),
     })
 }
 
-/// Writes checkpoint `trainer.step`, commits it (DONE last), then queues it for the registry with
+/// Writes checkpoint `trainer.step()`, commits it (DONE last), then queues it for the registry with
 /// the losses of its last iteration and the run's rate.
 fn save<B: AutodiffBackend>(
-    trainer: &Trainer<B>,
+    trainer: &Engine<B>,
     checkpoints: &CheckpointDir,
     publisher: Option<&Publisher>,
     losses: Option<(f64, f64)>,
     iterations_per_second: f64,
+    meta: Option<&serde_json::Value>,
 ) -> Result<()> {
-    let dir = checkpoints.begin(trainer.step)?;
-    trainer.save(&dir)?;
+    let dir = checkpoints.begin(trainer.step())?;
+    trainer.save(&dir, meta)?;
     checkpoints.commit(&dir).with_context(|| format!("committing {}", dir.display()))?;
     if let Some(p) = publisher {
         let (d, g) = losses.unwrap_or((f64::NAN, f64::NAN));
         p.publish(
-            trainer.step,
+            trainer.step(),
             &dir,
             &[("loss_d", d), ("loss_g", g), ("iterations_per_second", iterations_per_second)],
         );
