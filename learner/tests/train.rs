@@ -108,7 +108,6 @@ fn a_diverging_run_stops_with_the_iteration_named_and_keeps_its_last_checkpoint(
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("walk.npz");
     dataset(&data);
-    let work = dir.path().join("work");
     // An absurd learning rate: Adam moves every weight by ~1e30 per step, and the activations
     // overflow within a few iterations.
     for engine in ["burn", "fused"] {

@@ -179,7 +179,7 @@ fn main() {
             );
         }
     }
-    set_backend(GemmBackend::Matrixmultiply);
+    set_backend(GemmBackend::Gemm);
     let t = cores.min(2);
     let per_row_32 = 1.0 / (fused(&thesis, &set(&[&format!("train.threads={t}")]), 50, 20, fused_iters) * 32.0);
     for b in [256usize, 1024] {

@@ -19,6 +19,10 @@
 //! run over the samples of the other side in a `[E][P]` (transposed) layout, so the compiler
 //! vectorises them; a copy of the whole row function is compiled for AVX2+FMA and chosen at run time.
 
+// Index loops are the vectorisable form of these hot loops (fixed 8-lane accumulators, several
+// arrays indexed alike), and the row function takes every buffer it works on.
+#![allow(clippy::needless_range_loop, clippy::too_many_arguments)]
+
 use super::kernel::FusedKernel;
 use crate::loss::mmd::MIN_BANDWIDTH;
 

@@ -351,6 +351,9 @@ impl Spectral {
     }
 }
 
+/// Where φ's backward pass adds its parameter gradients: ∂L/∂W̄ and ∂L/∂b per layer.
+pub type PhiGrads<'a> = (&'a mut [Vec<f32>], &'a mut [Vec<f32>]);
+
 /// φ's stored inputs of every layer but the first, for one call on N samples.
 #[derive(Debug, Clone, Default)]
 pub struct PhiActs {
@@ -425,7 +428,7 @@ pub fn phi_backward(
     n: usize,
     acts: &mut PhiActs,
     gout: &[f32],
-    mut weights: Option<(&mut [Vec<f32>], &mut [Vec<f32>])>,
+    mut weights: Option<PhiGrads<'_>>,
     gx: Option<&mut [f32]>,
 ) {
     let (w, e) = (shape.hidden, shape.embedding);

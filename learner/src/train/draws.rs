@@ -103,6 +103,7 @@ impl Draws {
 
     /// Horizon indices j ∈ 0..=H for batch rows `rows`, `O·I` per row, laid out `[rows, O, I]`;
     /// `step_types` holds those rows' windows `[rows, H+1]`.
+    #[allow(clippy::too_many_arguments)]
     pub fn horizons(
         &self,
         iteration: u64,
