@@ -24,6 +24,12 @@ struct Cli {
     /// Fewer iterations (a smoke run of the benchmark itself).
     #[arg(long)]
     quick: bool,
+    /// Only run the fused engine on the thesis config for this many iterations (for profilers).
+    #[arg(long, value_name = "ITERATIONS")]
+    profile: Option<u64>,
+    /// Threads for `--profile`.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
 }
 
 fn walk(streams: usize, steps: usize, dim: usize) -> OfflineDataset {
@@ -150,6 +156,11 @@ fn main() {
     let pendulum = format!("{root}/pendulum.toml");
     let set = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    if let Some(iters) = cli.profile {
+        let ips = fused(&thesis, &set(&[&format!("train.threads={}", cli.threads)]), 50, 20, iters);
+        println!("fused, thesis config, {} thread(s): {ips:.1} it/s", cli.threads);
+        return;
+    }
 
     let fma1 = fma_gflops_one_thread();
     let fma2 = {

@@ -14,10 +14,14 @@
 //!    floored at 1e-6, and a constant of the gradient;
 //! 4. the outer V-statistic with the outer kernel.
 //!
-//! The backward pass walks the same pairs with the cached k′: the gradient of a pair's kernel value
-//! is the weight of its block, so one pass per matrix gives the gradients of both samples. Loops
-//! run over the samples of the other side in a `[E][P]` (transposed) layout, so the compiler
-//! vectorises them; a copy of the whole row function is compiled for AVX2+FMA and chosen at run time.
+//! All squared distances of a row are computed first (in a transposed `[E][P]` layout, so the loops
+//! run over samples and vectorise), then the kernel is evaluated on all ~P² of them in one call:
+//! that pass is most of the row's work, and a long straight loop is what makes it fast.
+//!
+//! The backward pass turns the cached k′ into per-pair weights `W_pq = 2·w_block·k′_pq` and pulls
+//! every point by `Σ_q W_pq (a_p − b_q) = (Σ_q W_pq)·a_p − (W·B)_p`: a small product over rows of
+//! `[P][E]`, vectorised along E. A copy of the whole row function is compiled for AVX2+FMA and
+//! chosen at run time.
 
 // Index loops are the vectorisable form of these hot loops (fixed 8-lane accumulators, several
 // arrays indexed alike), and the row function takes every buffer it works on.
@@ -45,57 +49,60 @@ pub struct Needs {
 /// Buffers of one thread, sized once for (O, I, E).
 #[derive(Debug, Clone, Default)]
 pub struct MmdScratch {
+    /// The samples of each side transposed, `[E][P]`, so that distance loops run over samples.
     xt: Vec<f32>,
     yt: Vec<f32>,
-    gxt: Vec<f32>,
-    gyt: Vec<f32>,
-    /// Cached k′ of the x–x, y–y and x–y pairs, `[P][P]`.
-    dxx: Vec<f32>,
-    dyy: Vec<f32>,
-    dxy: Vec<f32>,
+    /// Squared distances, kernel values and k′ of every pair, packed: the x–x upper triangle
+    /// (row-major, q > p), then the y–y upper triangle, then the full x–y matrix `[P][P]`.
     dist: Vec<f32>,
     kval: Vec<f32>,
     kder: Vec<f32>,
-    wrow: Vec<f32>,
+    /// Per-pair gradient weights of one matrix, dense `[P][P]`.
+    wfull: Vec<f32>,
     /// Block sums, `[O][O]`.
     sxx: Vec<f32>,
     syy: Vec<f32>,
     sxy: Vec<f32>,
-    /// Inner distances (clipped) and the gradients of the loss with respect to them, `[O][O]`.
-    d: [Vec<f32>; 3],
-    g: [Vec<f32>; 3],
-    /// Per-pair weights, `[O][O]`.
+    /// Inner distances (clipped), then the outer kernel's arguments, values and derivatives, and
+    /// the gradients of the loss with respect to the distances: `[3][O][O]`.
+    d: Vec<f32>,
+    u: Vec<f32>,
+    ko: Vec<f32>,
+    dko: Vec<f32>,
+    g: Vec<f32>,
+    /// Per-block weights, `[O][O]`.
     wxx: Vec<f32>,
     wyy: Vec<f32>,
     wxy: Vec<f32>,
     values: Vec<f32>,
+    colsum: Vec<f32>,
 }
 
 impl MmdScratch {
-    pub fn new(o: usize, i: usize, e: usize) -> MmdScratch {
+    pub fn new(o: usize, i: usize, _e: usize) -> MmdScratch {
         let p = o * i;
         let oo = o * o;
+        let pairs = p * (p - 1) + p * p;
         MmdScratch {
-            xt: vec![0.0; e * p],
-            yt: vec![0.0; e * p],
-            gxt: vec![0.0; e * p],
-            gyt: vec![0.0; e * p],
-            dxx: vec![0.0; p * p],
-            dyy: vec![0.0; p * p],
-            dxy: vec![0.0; p * p],
-            dist: vec![0.0; p],
-            kval: vec![0.0; p],
-            kder: vec![0.0; p],
-            wrow: vec![0.0; p],
+            xt: Vec::new(),
+            yt: Vec::new(),
+            dist: vec![0.0; pairs],
+            kval: vec![0.0; pairs],
+            kder: vec![0.0; pairs],
+            wfull: vec![0.0; p * p],
             sxx: vec![0.0; oo],
             syy: vec![0.0; oo],
             sxy: vec![0.0; oo],
-            d: [vec![0.0; oo], vec![0.0; oo], vec![0.0; oo]],
-            g: [vec![0.0; oo], vec![0.0; oo], vec![0.0; oo]],
+            d: vec![0.0; 3 * oo],
+            u: vec![0.0; 3 * oo],
+            ko: vec![0.0; 3 * oo],
+            dko: vec![0.0; 3 * oo],
+            g: vec![0.0; 3 * oo],
             wxx: vec![0.0; oo],
             wyy: vec![0.0; oo],
             wxy: vec![0.0; oo],
             values: Vec::with_capacity(3 * oo),
+            colsum: vec![0.0; p],
         }
     }
 }
@@ -153,7 +160,8 @@ unsafe fn delta_row_avx2(
     delta_row_impl(xe, ye, shape, inner, outer, scale, needs, gx, gy, s)
 }
 
-fn transpose_in(src: &[f32], p: usize, e: usize, dst: &mut [f32]) {
+fn transpose_in(src: &[f32], p: usize, e: usize, dst: &mut Vec<f32>) {
+    dst.resize(p * e, 0.0);
     for q in 0..p {
         for k in 0..e {
             dst[k * p + q] = src[q * e + k];
@@ -161,21 +169,15 @@ fn transpose_in(src: &[f32], p: usize, e: usize, dst: &mut [f32]) {
     }
 }
 
-fn transpose_out(src: &[f32], p: usize, e: usize, dst: &mut [f32]) {
-    for q in 0..p {
-        for k in 0..e {
-            dst[q * e + k] = src[k * p + q];
-        }
-    }
-}
-
-/// `dist[j] = Σ_e (point[e] − cols[e][lo + j])²` for j in 0..hi−lo.
+/// `dist[j] = Σ_e (cols[e][p] − cols2[e][lo + j])²` for j in 0..len, the transposed layouts `[E][P]`.
 #[inline(always)]
-fn distances(point: &[f32], cols: &[f32], p: usize, lo: usize, hi: usize, dist: &mut [f32]) {
-    let dist = &mut dist[..hi - lo];
+fn distances(t: &[f32], p: usize, other: &[f32], lo: usize, p_all: usize, e: usize, dist: &mut [f32]) {
+    let len = p_all - lo;
+    let dist = &mut dist[..len];
     dist.fill(0.0);
-    for (k, &pk) in point.iter().enumerate() {
-        let col = &cols[k * p + lo..k * p + hi];
+    for k in 0..e {
+        let pk = t[k * p_all + p];
+        let col = &other[k * p_all + lo..(k + 1) * p_all];
         for (d, &c) in dist.iter_mut().zip(col) {
             let t = pk - c;
             *d += t * t;
@@ -183,78 +185,92 @@ fn distances(point: &[f32], cols: &[f32], p: usize, lo: usize, hi: usize, dist: 
     }
 }
 
-/// Σ_j (point_e − cols[e][lo+j])·w[j] for one coordinate e, and `grad[lo+j] −= (…)·w[j]` when a
-/// gradient of the other side is wanted; 8 partial sums so that the loop vectorises.
+/// Start of row p of a packed upper triangle (pairs q > p) of P points.
 #[inline(always)]
-fn pull(pe: f32, col: &[f32], w: &[f32], grad: Option<&mut [f32]>) -> f32 {
-    let n = w.len();
-    let mut acc = [0.0f32; 8];
-    let chunks = n / 8;
-    match grad {
-        Some(g) => {
-            let g = &mut g[..n];
-            for c in 0..chunks {
-                for l in 0..8 {
-                    let j = c * 8 + l;
-                    let t = (pe - col[j]) * w[j];
-                    acc[l] += t;
-                    g[j] -= t;
-                }
-            }
-            for j in chunks * 8..n {
-                let t = (pe - col[j]) * w[j];
-                acc[0] += t;
-                g[j] -= t;
-            }
-        }
-        None => {
-            for c in 0..chunks {
-                for l in 0..8 {
-                    let j = c * 8 + l;
-                    acc[l] += (pe - col[j]) * w[j];
-                }
-            }
-            for j in chunks * 8..n {
-                acc[0] += (pe - col[j]) * w[j];
-            }
-        }
-    }
-    acc.iter().sum()
+fn tri_offset(p: usize, p_all: usize) -> usize {
+    p * (p_all - 1) - p * p.saturating_sub(1) / 2
 }
 
-/// Kernel sums over the pairs of one side with itself (q > p), into `[O][O]` block sums (upper
-/// triangle), caching k′ in `kd[p][q]` when `keep`.
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn self_pairs(
-    t: &[f32],
-    sh: RowShape,
-    kernel: &FusedKernel,
-    sums: &mut [f32],
-    kd: &mut [f32],
-    keep: bool,
-    dist: &mut [f32],
-    kval: &mut [f32],
-    kder: &mut [f32],
-) {
-    let (o, i, e) = (sh.o, sh.i, sh.e);
+/// Sums the kernel values of one side's packed triangle into `[O][O]` block sums (upper triangle).
+fn block_sums_self(kval: &[f32], sh: RowShape, sums: &mut [f32]) {
+    let (o, i) = (sh.o, sh.i);
     let p_all = o * i;
     sums.fill(0.0);
-    let mut point = [0.0f32; 64];
     for p in 0..p_all.saturating_sub(1) {
-        for k in 0..e {
-            point[k] = t[k * p_all + p];
-        }
-        let (lo, hi) = (p + 1, p_all);
-        distances(&point[..e], t, p_all, lo, hi, dist);
-        kernel.eval(&dist[..hi - lo], kval, kder);
-        if keep {
-            kd[p * p_all + lo..p * p_all + hi].copy_from_slice(&kder[..hi - lo]);
-        }
+        let row = &kval[tri_offset(p, p_all)..];
+        let lo = p + 1;
         let ap = p / i;
         for aq in ap..o {
             let (qlo, qhi) = ((aq * i).max(lo), (aq + 1) * i);
-            sums[ap * o + aq] += kval[qlo - lo..qhi - lo].iter().sum::<f32>();
+            sums[ap * o + aq] += row[qlo - lo..qhi - lo].iter().sum::<f32>();
+        }
+    }
+}
+
+/// `out[p] += rs_p·a_p − Σ_q w[p][q]·b_q`, `rs_p = Σ_q w[p][q]`, on rows of `[P][E]`: the gradient
+/// with respect to the a side of `Σ_pq w_pq·‖a_p − b_q‖²/2`, the pull of every pair on its first point.
+///
+/// Four rows of W at a time: each `b_q` is loaded once for four accumulators, and the four
+/// dependency chains overlap (a single chain of P adds would be latency-bound).
+#[inline(always)]
+fn pull_rows(w: &[f32], a: &[f32], b: &[f32], p_all: usize, e: usize, out: &mut [f32]) {
+    const R: usize = 4;
+    let mut acc = [[0.0f32; 64]; R];
+    let mut p0 = 0;
+    while p0 < p_all {
+        let rows = R.min(p_all - p0);
+        let mut rs = [0.0f32; R];
+        for acc in acc.iter_mut() {
+            acc[..e].fill(0.0);
+        }
+        for q in 0..p_all {
+            let bq = &b[q * e..(q + 1) * e];
+            for r in 0..R {
+                // Rows past the end read row p0 again and are dropped below.
+                let p = if r < rows { p0 + r } else { p0 };
+                let wv = w[p * p_all + q];
+                rs[r] += wv;
+                let acc = &mut acc[r][..e];
+                for k in 0..e {
+                    acc[k] += wv * bq[k];
+                }
+            }
+        }
+        for r in 0..rows {
+            let p = p0 + r;
+            let ap = &a[p * e..(p + 1) * e];
+            let op = &mut out[p * e..(p + 1) * e];
+            for k in 0..e {
+                op[k] += rs[r] * ap[k] - acc[r][k];
+            }
+        }
+        p0 += R;
+    }
+}
+
+/// The b side of the same sum: `out[q] += cs_q·b_q − Σ_p w[p][q]·a_p`, `cs_q = Σ_p w[p][q]`, walking
+/// W row by row so that memory is read in order.
+#[inline(always)]
+fn pull_cols(w: &[f32], a: &[f32], b: &[f32], p_all: usize, e: usize, cs: &mut [f32], out: &mut [f32]) {
+    let cs = &mut cs[..p_all];
+    cs.fill(0.0);
+    for p in 0..p_all {
+        let wrow = &w[p * p_all..(p + 1) * p_all];
+        let ap = &a[p * e..(p + 1) * e];
+        for q in 0..p_all {
+            let wv = wrow[q];
+            cs[q] += wv;
+            let oq = &mut out[q * e..(q + 1) * e];
+            for k in 0..e {
+                oq[k] -= wv * ap[k];
+            }
+        }
+    }
+    for q in 0..p_all {
+        let bq = &b[q * e..(q + 1) * e];
+        let oq = &mut out[q * e..(q + 1) * e];
+        for k in 0..e {
+            oq[k] += cs[q] * bq[k];
         }
     }
 }
@@ -275,6 +291,7 @@ fn delta_row_impl(
 ) -> f32 {
     let (o, i, e) = (sh.o, sh.i, sh.e);
     let p_all = o * i;
+    let oo = o * o;
     assert!(e <= 64, "embeddings wider than 64 are not supported by the fused engine");
     assert_eq!(xe.len(), p_all * e);
     assert_eq!(ye.len(), p_all * e);
@@ -282,23 +299,27 @@ fn delta_row_impl(
     transpose_in(ye, p_all, e, &mut s.yt);
     let grad = needs.x || needs.y;
 
-    // 1. Pair blocks.
-    self_pairs(&s.xt, sh, inner, &mut s.sxx, &mut s.dxx, needs.x, &mut s.dist, &mut s.kval, &mut s.kder);
-    self_pairs(&s.yt, sh, inner, &mut s.syy, &mut s.dyy, needs.y, &mut s.dist, &mut s.kval, &mut s.kder);
-    s.sxy.fill(0.0);
-    let mut point = [0.0f32; 64];
+    // 1. Every pair's squared distance, then the kernel on all of them in one pass.
+    let tri = p_all * (p_all - 1) / 2;
+    let (xx0, yy0, xy0) = (0, tri, 2 * tri);
+    for p in 0..p_all.saturating_sub(1) {
+        let off = tri_offset(p, p_all);
+        distances(&s.xt, p, &s.xt, p + 1, p_all, e, &mut s.dist[xx0 + off..]);
+        distances(&s.yt, p, &s.yt, p + 1, p_all, e, &mut s.dist[yy0 + off..]);
+    }
     for p in 0..p_all {
-        for k in 0..e {
-            point[k] = s.xt[k * p_all + p];
-        }
-        distances(&point[..e], &s.yt, p_all, 0, p_all, &mut s.dist);
-        inner.eval(&s.dist[..p_all], &mut s.kval, &mut s.kder);
-        if grad {
-            s.dxy[p * p_all..(p + 1) * p_all].copy_from_slice(&s.kder[..p_all]);
-        }
+        distances(&s.xt, p, &s.yt, 0, p_all, e, &mut s.dist[xy0 + p * p_all..]);
+    }
+    let total = xy0 + p_all * p_all;
+    inner.eval(&s.dist[..total], &mut s.kval[..total], &mut s.kder[..total]);
+    block_sums_self(&s.kval[xx0..yy0], sh, &mut s.sxx);
+    block_sums_self(&s.kval[yy0..xy0], sh, &mut s.syy);
+    s.sxy.fill(0.0);
+    for p in 0..p_all {
+        let row = &s.kval[xy0 + p * p_all..xy0 + (p + 1) * p_all];
         let ap = p / i;
         for aq in 0..o {
-            s.sxy[ap * o + aq] += s.kval[aq * i..(aq + 1) * i].iter().sum::<f32>();
+            s.sxy[ap * o + aq] += row[aq * i..(aq + 1) * i].iter().sum::<f32>();
         }
     }
     let (ii, upairs) = ((i * i) as f32, (i * (i - 1)) as f32);
@@ -319,10 +340,10 @@ fn delta_row_impl(
     let clip = |v: f32| if v < 0.0 { 0.0 } else { v };
     for a in 0..o {
         for b in 0..o {
-            s.d[0][a * o + b] = clip(raw(&s.sxx, a, b));
-            s.d[1][a * o + b] = clip(raw(&s.syy, a, b));
+            s.d[a * o + b] = clip(raw(&s.sxx, a, b));
+            s.d[oo + a * o + b] = clip(raw(&s.syy, a, b));
             let dxy = self_term(&s.sxx, a) + self_term(&s.syy, b) - 2.0 * s.sxy[a * o + b] / ii;
-            s.d[2][a * o + b] = clip(dxy);
+            s.d[2 * oo + a * o + b] = clip(dxy);
         }
     }
     // 3. The outer bandwidth.
@@ -331,12 +352,12 @@ fn delta_row_impl(
         for a in 0..o {
             for b in 0..o {
                 if a != b {
-                    s.values.push(s.d[0][a * o + b]);
-                    s.values.push(s.d[1][a * o + b]);
+                    s.values.push(s.d[a * o + b]);
+                    s.values.push(s.d[oo + a * o + b]);
                 }
             }
         }
-        s.values.extend_from_slice(&s.d[2]);
+        s.values.extend_from_slice(&s.d[2 * oo..3 * oo]);
         let m = median(&mut s.values);
         if m < MIN_BANDWIDTH as f32 {
             MIN_BANDWIDTH as f32
@@ -347,14 +368,18 @@ fn delta_row_impl(
         outer.fixed_bandwidth
     };
     // 4. The outer V-statistic, and the gradient of L_b with respect to each clipped distance.
-    let inv_oo = 1.0 / (o * o) as f32;
+    let inv_h = 1.0 / h;
+    for (u, d) in s.u.iter_mut().zip(&s.d) {
+        *u = d / h;
+    }
+    outer.kernel.eval(&s.u, &mut s.ko, &mut s.dko);
+    let inv_oo = 1.0 / oo as f32;
     let mut terms = [0.0f32; 3];
     for (m, sign) in [(0usize, 1.0f32), (1, 1.0), (2, -2.0)] {
-        for ab in 0..o * o {
-            let d = s.d[m][ab];
-            let (k, dk) = outer.kernel.eval_one(d / h);
-            terms[m] += k;
-            s.g[m][ab] = if d > 0.0 { scale * sign * inv_oo * dk / h } else { 0.0 };
+        let coef = scale * sign * inv_oo * inv_h;
+        for ab in m * oo..(m + 1) * oo {
+            terms[m] += s.ko[ab];
+            s.g[ab] = if s.d[ab] > 0.0 { coef * s.dko[ab] } else { 0.0 };
         }
     }
     let loss = (terms[0] + terms[1] - 2.0 * terms[2]) * inv_oo;
@@ -362,8 +387,8 @@ fn delta_row_impl(
         return loss;
     }
 
-    // Backward to the block means, then to per-pair weights w (∂L/∂k of one unordered pair).
-    let (gxx, gyy, gxy) = (&s.g[0], &s.g[1], &s.g[2]);
+    // Backward to the block means, then to per-block weights w (∂L/∂k of one unordered pair).
+    let (gxx, gyy, gxy) = (&s.g[..oo], &s.g[oo..2 * oo], &s.g[2 * oo..]);
     for (gm, w, side) in [(gxx, &mut s.wxx, 0), (gyy, &mut s.wyy, 1)] {
         for a in 0..o {
             // ∂L/∂s(a): from this matrix's row and column a, the diagonal's 2/I, and the cross matrix.
@@ -380,61 +405,45 @@ fn delta_row_impl(
             }
         }
     }
-    for ab in 0..o * o {
+    for ab in 0..oo {
         s.wxy[ab] = -2.0 * gxy[ab] / ii;
     }
 
-    s.gxt.fill(0.0);
-    s.gyt.fill(0.0);
+    // Per-pair weights 2·w_block·k′ (∂L/∂‖a − b‖² is w·k′, and ∂‖a − b‖²/∂a = 2(a − b)), then the
+    // pulls of the pairs on their points.
+    gx[..p_all * e].fill(0.0);
+    gy[..p_all * e].fill(0.0);
     for (side, want) in [(0usize, needs.x), (1, needs.y)] {
         if !want {
             continue;
         }
-        let (t, kd, w, gt) =
-            if side == 0 { (&s.xt, &s.dxx, &s.wxx, &mut s.gxt) } else { (&s.yt, &s.dyy, &s.wyy, &mut s.gyt) };
-        for p in 0..p_all.saturating_sub(1) {
-            let (lo, hi) = (p + 1, p_all);
+        let (w, base, pts, out) = if side == 0 { (&s.wxx, xx0, xe, &mut *gx) } else { (&s.wyy, yy0, ye, &mut *gy) };
+        let wf = &mut s.wfull;
+        for p in 0..p_all {
+            wf[p * p_all + p] = 0.0;
+            let off = base + tri_offset(p, p_all);
             let ap = p / i;
-            for aq in ap..o {
-                let (qlo, qhi) = ((aq * i).max(lo), (aq + 1) * i);
-                let wa = 2.0 * w[ap * o + aq];
-                for q in qlo..qhi {
-                    s.wrow[q - lo] = wa * kd[p * p_all + q];
-                }
-            }
-            for k in 0..e {
-                let pe = t[k * p_all + p];
-                let acc = pull(
-                    pe,
-                    &t[k * p_all + lo..k * p_all + hi],
-                    &s.wrow[..hi - lo],
-                    Some(&mut gt[k * p_all + lo..k * p_all + hi]),
-                );
-                gt[k * p_all + p] += acc;
+            for q in p + 1..p_all {
+                let v = 2.0 * w[ap * o + q / i] * s.kder[off + q - p - 1];
+                wf[p * p_all + q] = v;
+                wf[q * p_all + p] = v;
             }
         }
+        pull_rows(wf, pts, pts, p_all, e, out);
     }
+    let wf = &mut s.wfull;
     for p in 0..p_all {
         let ap = p / i;
-        for aq in 0..o {
-            let wa = 2.0 * s.wxy[ap * o + aq];
-            for q in aq * i..(aq + 1) * i {
-                s.wrow[q] = wa * s.dxy[p * p_all + q];
-            }
-        }
-        for k in 0..e {
-            let pe = s.xt[k * p_all + p];
-            let col = &s.yt[k * p_all..(k + 1) * p_all];
-            let g = if needs.y { Some(&mut s.gyt[k * p_all..(k + 1) * p_all]) } else { None };
-            let acc = pull(pe, col, &s.wrow[..p_all], g);
-            s.gxt[k * p_all + p] += acc;
+        let kd = &s.kder[xy0 + p * p_all..xy0 + (p + 1) * p_all];
+        for q in 0..p_all {
+            wf[p * p_all + q] = 2.0 * s.wxy[ap * o + q / i] * kd[q];
         }
     }
     if needs.x {
-        transpose_out(&s.gxt, p_all, e, gx);
+        pull_rows(wf, xe, ye, p_all, e, gx);
     }
     if needs.y {
-        transpose_out(&s.gyt, p_all, e, gy);
+        pull_cols(wf, xe, ye, p_all, e, &mut s.colsum, gy);
     }
     loss
 }

@@ -7,7 +7,8 @@
 //! - [`mmd`]: one batch row's loss (pair blocks, clip, median by selection, outer MMD) and its backward;
 //! - [`network`]: the generator (split first layer) and φ with spectral norm, forward and backward;
 //! - [`adam`]: Adam and Polyak on flat buffers, operation for operation as burn;
-//! - [`engine`]: the iteration.
+//! - [`engine`]: the iteration;
+//! - `simd`: run-time AVX2 dispatch of the element-wise loops.
 //!
 //! The burn modules (`model`, `loss`) are the reference this engine is tested against.
 
@@ -18,3 +19,4 @@ pub mod matmul;
 pub mod mmd;
 pub mod network;
 pub mod pool;
+mod simd;

@@ -4,41 +4,72 @@
 //! so parameters copy across unchanged.
 
 use super::matmul::{mm, mm_nt, mm_tn};
+use super::simd::simd_fn;
 use crate::model::generator::LEAKY_RELU_SLOPE;
 
 const SLOPE: f32 = LEAKY_RELU_SLOPE as f32;
 
-#[inline]
-fn lrelu_in_place(v: &mut [f32]) {
-    for x in v {
-        if *x < 0.0 {
-            *x *= SLOPE;
+simd_fn! {
+    /// `dst ← lrelu(src)`.
+    fn copy_lrelu(src: &[f32], dst: &mut [f32]) {
+        for (d, &x) in dst.iter_mut().zip(src) {
+            *d = if x < 0.0 { x * SLOPE } else { x };
         }
     }
 }
 
-/// `g ∘= lrelu′` given the activation's output `a` (the sign of the output is that of the input).
-#[inline]
-fn lrelu_backward(g: &mut [f32], a: &[f32]) {
-    for (g, &a) in g.iter_mut().zip(a) {
-        if a < 0.0 {
-            *g *= SLOPE;
+simd_fn! {
+    /// `g ∘= lrelu′` given the activation's output `a` (the sign of the output is that of the input).
+    fn lrelu_backward(g: &mut [f32], a: &[f32]) {
+        for (g, &a) in g.iter_mut().zip(a) {
+            *g = if a < 0.0 { *g * SLOPE } else { *g };
         }
     }
 }
 
-fn add_bias(v: &mut [f32], bias: &[f32]) {
-    for row in v.chunks_exact_mut(bias.len()) {
-        for (x, b) in row.iter_mut().zip(bias) {
-            *x += b;
+simd_fn! {
+    /// `v[r] += bias` for every row r of `v`, then lrelu when `act`.
+    fn add_bias(v: &mut [f32], bias: &[f32], act: bool) {
+        for row in v.chunks_exact_mut(bias.len()) {
+            for (x, b) in row.iter_mut().zip(bias) {
+                let y = *x + b;
+                *x = if act && y < 0.0 { y * SLOPE } else { y };
+            }
         }
     }
 }
 
-fn column_sums_into(g: &[f32], width: usize, out: &mut [f32]) {
-    for row in g.chunks_exact(width) {
-        for (o, x) in out.iter_mut().zip(row) {
-            *o += x;
+simd_fn! {
+    /// Row block r of `v` (`inner` rows of `rows.len() / blocks` values) gets row r of `rows`
+    /// added, then lrelu when `act`: the per-(row, atom) part of the generator's first layer.
+    fn add_row_blocks(v: &mut [f32], rows: &[f32], width: usize, inner: usize, act: bool) {
+        for (block, r) in v.chunks_exact_mut(inner * width).zip(rows.chunks_exact(width)) {
+            for row in block.chunks_exact_mut(width) {
+                for (x, b) in row.iter_mut().zip(r) {
+                    let y = *x + b;
+                    *x = if act && y < 0.0 { y * SLOPE } else { y };
+                }
+            }
+        }
+    }
+}
+
+simd_fn! {
+    /// `out += Σ_rows g`.
+    fn column_sums_into(g: &[f32], width: usize, out: &mut [f32]) {
+        for row in g.chunks_exact(width) {
+            for (o, x) in out.iter_mut().zip(row) {
+                *o += x;
+            }
+        }
+    }
+}
+
+simd_fn! {
+    /// `dst += src`.
+    fn add_into(dst: &mut [f32], src: &[f32]) {
+        for (d, s) in dst.iter_mut().zip(src) {
+            *d += s;
         }
     }
 }
@@ -154,7 +185,7 @@ pub fn gen_forward(
         let (wz, ws) = w0.split_at(zd * w);
         // s·W_s + b₀ per row.
         mm(rows, sd, w, s, ws, &mut acts.srow, false);
-        add_bias(&mut acts.srow, &p.biases[0][a * w..(a + 1) * w]);
+        add_bias(&mut acts.srow, &p.biases[0][a * w..(a + 1) * w], false);
         let za = &z[a * n * zd..(a + 1) * n * zd];
         let first = if last == 0 {
             &mut acts.out[a * n * w..(a + 1) * n * w]
@@ -162,17 +193,7 @@ pub fn gen_forward(
             &mut acts.acts[0][a * n * w..(a + 1) * n * w]
         };
         mm(n, zd, w, za, wz, first, false);
-        for (r, block) in first.chunks_exact_mut(inner * w).enumerate() {
-            let sr = &acts.srow[r * w..(r + 1) * w];
-            for row in block.chunks_exact_mut(w) {
-                for (x, b) in row.iter_mut().zip(sr) {
-                    *x += b;
-                }
-            }
-        }
-        if last > 0 {
-            lrelu_in_place(first);
-        }
+        add_row_blocks(first, &acts.srow[..rows * w], w, inner, last > 0);
         for l in 1..=last {
             let (d_in, d_out) = (shape.dims[l], shape.dims[l + 1]);
             let wl = &p.weights[l][a * d_in * d_out..(a + 1) * d_in * d_out];
@@ -184,10 +205,7 @@ pub fn gen_forward(
                 (&before[l - 1][a * n * d_in..(a + 1) * n * d_in], &mut after[0][a * n * d_out..(a + 1) * n * d_out])
             };
             mm(n, d_in, d_out, input, wl, output, false);
-            add_bias(output, bl);
-            if l < last {
-                lrelu_in_place(output);
-            }
+            add_bias(output, bl, l < last);
         }
     }
 }
@@ -340,12 +358,22 @@ impl Spectral {
             }
             return;
         }
-        let inv = 1.0 / self.sigma;
-        let dot: f32 = g.iter().zip(&self.w_bar).map(|(a, b)| a * b).sum();
+        sigma_backward(g, &self.w_bar, &self.v, &self.u_new, self.sigma, d_in, d_out, out);
+    }
+}
+
+simd_fn! {
+    /// The body of [`Spectral::backward`] for σ ≠ 0.
+    #[allow(clippy::too_many_arguments)]
+    fn sigma_backward(g: &[f32], w_bar: &[f32], v: &[f32], u: &[f32], sigma: f32, d_in: usize, d_out: usize, out: &mut [f32]) {
+        let inv = 1.0 / sigma;
+        let dot: f32 = g.iter().zip(w_bar).map(|(a, b)| a * b).sum();
         let c = dot * inv;
         for j in 0..d_in {
+            let cv = c * v[j];
+            let (gr, or) = (&g[j * d_out..(j + 1) * d_out], &mut out[j * d_out..(j + 1) * d_out]);
             for k in 0..d_out {
-                out[j * d_out + k] += g[j * d_out + k] * inv - c * self.v[j] * self.u_new[k];
+                or[k] += gr[k] * inv - cv * u[k];
             }
         }
     }
@@ -390,31 +418,29 @@ pub fn phi_forward(
     let w = shape.hidden;
     let stream = &mut acts.stream[..n * w];
     mm(n, shape.state, w, x, w_bar[0], stream, false);
-    add_bias(stream, &biases[0]);
+    add_bias(stream, &biases[0], false);
     let mut k = 1;
     for _ in 0..shape.blocks {
         for j in 0..shape.per_block {
             let (before, rest) = acts.inputs.split_at_mut(k);
             let input = &mut rest[0][..n * w];
             if j == 0 {
-                input.copy_from_slice(stream);
+                copy_lrelu(stream, input);
             } else {
                 mm(n, w, w, &before[k - 1][..n * w], w_bar[k - 1], input, false);
-                add_bias(input, &biases[k - 1]);
+                add_bias(input, &biases[k - 1], true);
             }
-            lrelu_in_place(input);
             k += 1;
         }
         // The block's last layer adds onto the residual stream.
         mm(n, w, w, &acts.inputs[k - 1][..n * w], w_bar[k - 1], stream, true);
-        add_bias(stream, &biases[k - 1]);
+        add_bias(stream, &biases[k - 1], false);
     }
     // Here k is the output layer.
     let input = &mut acts.inputs[k][..n * w];
-    input.copy_from_slice(stream);
-    lrelu_in_place(input);
+    copy_lrelu(stream, input);
     mm(n, w, shape.embedding, input, w_bar[k], &mut out[..n * shape.embedding], false);
-    add_bias(&mut out[..n * shape.embedding], &biases[k]);
+    add_bias(&mut out[..n * shape.embedding], &biases[k], false);
 }
 
 /// The backward pass of the last [`phi_forward`] on these `acts`: `gout` `[n, E]` is ∂L/∂φ(x).
@@ -456,9 +482,7 @@ pub fn phi_backward(
             lrelu_backward(&mut acts.g_next[..n * w], input);
             std::mem::swap(&mut acts.g, &mut acts.g_next);
         }
-        for (s, g) in acts.g_stream[..n * w].iter_mut().zip(&acts.g[..n * w]) {
-            *s += g;
-        }
+        add_into(&mut acts.g_stream[..n * w], &acts.g[..n * w]);
     }
     debug_assert_eq!(k, 1);
     let gs = &acts.g_stream[..n * w];
