@@ -86,9 +86,11 @@ fn phi_of(t: &Trainer<B>) -> PhiParams {
 /// The parameter changes of one iteration, which are the gradients under a huge-ε Adam.
 #[test]
 fn one_iteration_gives_the_gradients_of_the_burn_engine() {
-    for dim in [2usize, 5] {
+    // E = 8 takes the engine's specialised pair loops, E = 6 the general ones.
+    for (dim, embedding) in [(2usize, 8usize), (5, 6)] {
         // lr = ε: the first Adam step is −g/(1 + √(1−β₂)|g|/(ε√(1−β₂))) ≈ −g.
-        let (cfg, doc) = config(&["train.learning_rate=10000.0", "train.adam_eps=10000.0"]);
+        let e = format!("model.embedding_dim={embedding}");
+        let (cfg, doc) = config(&["train.learning_rate=10000.0", "train.adam_eps=10000.0", &e]);
         let data = walk(dim);
         let mut burn = Trainer::<B>::new(cfg.clone(), doc.clone(), dim, Default::default());
         let mut fused = FusedEngine::new(cfg, doc, dim).unwrap();

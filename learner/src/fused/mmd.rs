@@ -214,6 +214,47 @@ fn block_sums_self(kval: &[f32], sh: RowShape, sums: &mut [f32]) {
 /// dependency chains overlap (a single chain of P adds would be latency-bound).
 #[inline(always)]
 fn pull_rows(w: &[f32], a: &[f32], b: &[f32], p_all: usize, e: usize, out: &mut [f32]) {
+    // The usual embedding widths get a copy with E known, so the accumulators stay in registers.
+    match e {
+        8 => pull_rows_e::<8>(w, a, b, p_all, out),
+        16 => pull_rows_e::<16>(w, a, b, p_all, out),
+        _ => pull_rows_any(w, a, b, p_all, e, out),
+    }
+}
+
+#[inline(always)]
+fn pull_rows_e<const E: usize>(w: &[f32], a: &[f32], b: &[f32], p_all: usize, out: &mut [f32]) {
+    const R: usize = 4;
+    let mut p0 = 0;
+    while p0 < p_all {
+        let rows = R.min(p_all - p0);
+        let mut rs = [0.0f32; R];
+        let mut acc = [[0.0f32; E]; R];
+        for q in 0..p_all {
+            let bq: &[f32; E] = b[q * E..(q + 1) * E].try_into().expect("E values");
+            for r in 0..R {
+                let p = if r < rows { p0 + r } else { p0 };
+                let wv = w[p * p_all + q];
+                rs[r] += wv;
+                for k in 0..E {
+                    acc[r][k] += wv * bq[k];
+                }
+            }
+        }
+        for r in 0..rows {
+            let p = p0 + r;
+            let ap = &a[p * E..(p + 1) * E];
+            let op = &mut out[p * E..(p + 1) * E];
+            for k in 0..E {
+                op[k] += rs[r] * ap[k] - acc[r][k];
+            }
+        }
+        p0 += R;
+    }
+}
+
+#[inline(always)]
+fn pull_rows_any(w: &[f32], a: &[f32], b: &[f32], p_all: usize, e: usize, out: &mut [f32]) {
     const R: usize = 4;
     let mut acc = [[0.0f32; 64]; R];
     let mut p0 = 0;
@@ -252,6 +293,40 @@ fn pull_rows(w: &[f32], a: &[f32], b: &[f32], p_all: usize, e: usize, out: &mut 
 /// W row by row so that memory is read in order.
 #[inline(always)]
 fn pull_cols(w: &[f32], a: &[f32], b: &[f32], p_all: usize, e: usize, cs: &mut [f32], out: &mut [f32]) {
+    match e {
+        8 => pull_cols_e::<8>(w, a, b, p_all, cs, out),
+        16 => pull_cols_e::<16>(w, a, b, p_all, cs, out),
+        _ => pull_cols_any(w, a, b, p_all, e, cs, out),
+    }
+}
+
+#[inline(always)]
+fn pull_cols_e<const E: usize>(w: &[f32], a: &[f32], b: &[f32], p_all: usize, cs: &mut [f32], out: &mut [f32]) {
+    let cs = &mut cs[..p_all];
+    cs.fill(0.0);
+    for p in 0..p_all {
+        let wrow = &w[p * p_all..(p + 1) * p_all];
+        let ap: &[f32; E] = a[p * E..(p + 1) * E].try_into().expect("E values");
+        for q in 0..p_all {
+            let wv = wrow[q];
+            cs[q] += wv;
+            let oq: &mut [f32; E] = (&mut out[q * E..(q + 1) * E]).try_into().expect("E values");
+            for k in 0..E {
+                oq[k] -= wv * ap[k];
+            }
+        }
+    }
+    for q in 0..p_all {
+        let bq = &b[q * E..(q + 1) * E];
+        let oq = &mut out[q * E..(q + 1) * E];
+        for k in 0..E {
+            oq[k] += cs[q] * bq[k];
+        }
+    }
+}
+
+#[inline(always)]
+fn pull_cols_any(w: &[f32], a: &[f32], b: &[f32], p_all: usize, e: usize, cs: &mut [f32], out: &mut [f32]) {
     let cs = &mut cs[..p_all];
     cs.fill(0.0);
     for p in 0..p_all {
@@ -423,10 +498,13 @@ fn delta_row_impl(
             wf[p * p_all + p] = 0.0;
             let off = base + tri_offset(p, p_all);
             let ap = p / i;
-            for q in p + 1..p_all {
-                let v = 2.0 * w[ap * o + q / i] * s.kder[off + q - p - 1];
-                wf[p * p_all + q] = v;
-                wf[q * p_all + p] = v;
+            for aq in ap..o {
+                let wa = 2.0 * w[ap * o + aq];
+                for q in (aq * i).max(p + 1)..(aq + 1) * i {
+                    let v = wa * s.kder[off + q - p - 1];
+                    wf[p * p_all + q] = v;
+                    wf[q * p_all + p] = v;
+                }
             }
         }
         pull_rows(wf, pts, pts, p_all, e, out);
@@ -435,8 +513,11 @@ fn delta_row_impl(
     for p in 0..p_all {
         let ap = p / i;
         let kd = &s.kder[xy0 + p * p_all..xy0 + (p + 1) * p_all];
-        for q in 0..p_all {
-            wf[p * p_all + q] = 2.0 * s.wxy[ap * o + q / i] * kd[q];
+        for aq in 0..o {
+            let wa = 2.0 * s.wxy[ap * o + aq];
+            for q in aq * i..(aq + 1) * i {
+                wf[p * p_all + q] = wa * kd[q];
+            }
         }
     }
     if needs.x {
