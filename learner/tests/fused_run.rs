@@ -1,5 +1,5 @@
 //! Runs on the fused engine through the learner's run loop and binary: exact resume from a v2
-//! checkpoint, a corrupted checkpoint skipped, and a clean stop on SIGTERM.
+//! checkpoint, a corrupted checkpoint skipped, a clean stop on SIGTERM, and the metrics endpoint.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -126,4 +126,66 @@ fn sigterm_leaves_a_checkpoint_at_the_last_iteration() {
     let (step, dir) = CheckpointDir::open(&work, 3).unwrap().latest().expect("a checkpoint");
     assert!(step > 0 && step % 1_000_000 != 0, "checkpoint at step {step}");
     assert!(checkpoint_v2::read(&dir).is_ok());
+}
+
+/// `GET /metrics` at `addr`, or None while nothing listens there.
+fn scrape(addr: std::net::SocketAddr) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).ok()?;
+    Some(body)
+}
+
+/// The value of an unlabelled series in a scrape.
+fn value(body: &str, name: &str) -> Option<f64> {
+    body.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+#[test]
+fn metrics_are_served_while_training() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("d.npz");
+    dataset(&data);
+    let work = tmp.path().join("w");
+    let addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_learner"))
+        .args(["--dataset", data.to_str().unwrap(), "--workdir", work.to_str().unwrap()])
+        .args(["--metrics-addr", &addr.to_string(), "--set", "train.threads=2"])
+        .args(["--set", "model.num_outer=3", "--set", "model.num_inner=3", "--set", "train.batch_size=4"])
+        .args(["--set", "train.checkpoint_every=20", "--steps", "100000000"])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    let body = loop {
+        assert!(start.elapsed() < Duration::from_secs(60), "no checkpoint showed on {addr} within 60 s");
+        std::thread::sleep(Duration::from_millis(200));
+        if let Some(body) = scrape(addr) {
+            if value(&body, "dsm_learner_checkpoint_step").is_some_and(|s| s >= 20.0) {
+                break body;
+            }
+        }
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    let iterations = value(&body, "dsm_learner_iterations_total").expect("iterations");
+    assert!(iterations >= 20.0, "{body}");
+    let step = value(&body, "dsm_learner_step").expect("step");
+    assert_eq!(step, iterations, "a fresh run's step is its iteration count");
+    for loss in ["dsm_learner_discriminator_loss", "dsm_learner_generator_loss"] {
+        assert!(value(&body, loss).is_some_and(f64::is_finite), "{loss}: {body}");
+    }
+    assert!(body.contains("dsm_learner_iteration_seconds_bucket{le=\"0.01\"}"), "{body}");
+    assert!(body.contains("dsm_learner_info{engine=\"fused\",threads=\"2\"} 1"), "{body}");
+    // Every dsm_learner_* series the endpoint serves follows the naming rule.
+    let mut seen = 0;
+    for line in body.lines().filter(|l| l.starts_with("# TYPE dsm_learner_")) {
+        let mut parts = line.split_whitespace().skip(2);
+        let (name, kind) = (parts.next().unwrap(), parts.next().unwrap());
+        common::telemetry::check_metric_name(name, kind == "counter").unwrap();
+        seen += 1;
+    }
+    assert!(seen >= 7, "{body}");
 }

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use burn::backend::{Autodiff, NdArray};
 use clap::{ArgGroup, Parser};
 
@@ -13,8 +13,8 @@ use learner::train::replay_source::ReplayOptions;
 use learner::train::run::{run, run_from_coordinator};
 
 /// Train a δ-model (distributional successor measure) on an offline `.npz` dataset or on the
-/// replay store of a running coordinator, with checkpoints and resume. Runs on the CPU (burn's
-/// ndarray backend).
+/// replay store of a running coordinator, with checkpoints and resume. Runs on the CPU: the fused
+/// engine by default (train.engine), on train.threads threads (0 = every core).
 #[derive(Debug, Parser)]
 #[command(name = "learner", version, about)]
 #[command(group(ArgGroup::new("source").required(true).args(["dataset", "coordinator"])))]
@@ -45,6 +45,11 @@ struct Cli {
     /// Where checkpoints go; a rerun with the same directory resumes from its newest one.
     #[arg(long, default_value = "dsm-work")]
     workdir: PathBuf,
+    /// Serve Prometheus metrics at http://ADDR/metrics: iterations, losses, seconds per
+    /// iteration, the newest checkpoint's step, the engine (and, with --coordinator, the sampling
+    /// client's windows and shards).
+    #[arg(long, value_name = "ADDR")]
+    metrics_addr: Option<std::net::SocketAddr>,
     /// Override one config value, e.g. `--set model.num_outer=1`. Repeatable.
     #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
     sets: Vec<String>,
@@ -62,6 +67,22 @@ fn main() -> ExitCode {
 
 fn main_inner(cli: Cli) -> Result<()> {
     learner::train::stop::install()?;
+    // The exporter's listener is a task on its own small runtime, alive until the run ends.
+    let _metrics = match cli.metrics_addr {
+        Some(addr) => {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .thread_name("learner-metrics")
+                .enable_all()
+                .build()
+                .context("starting the metrics runtime")?;
+            rt.block_on(async { common::telemetry::serve_metrics(addr) })
+                .with_context(|| format!("--metrics-addr {addr}"))?;
+            eprintln!("metrics at http://{addr}/metrics");
+            Some(rt)
+        }
+        None => None,
+    };
     let mut doc = match &cli.config {
         Some(path) => ConfigDoc::load(path)?,
         None => ConfigDoc::empty(),

@@ -11,6 +11,7 @@
 //! - [`checkpoint_v2`]: the v2 layout: named `.npy` arrays, state, config, meta, a checksummed manifest;
 //! - [`engine`]: the engine a run uses (fused by default, burn as the reference), behind one type;
 //! - [`trainer`]: the iteration (D step, G step, Polyak) and what a checkpoint holds;
+//! - [`metrics`]: the learner's Prometheus metrics;
 //! - [`stop`]: SIGTERM and Ctrl-C end a run cleanly, with a checkpoint at its last iteration;
 //! - [`run`]: a whole run with resume, progress output and periodic checkpoints, one loop for
 //!   both sources.
@@ -20,6 +21,7 @@ pub mod checkpoint_v2;
 pub mod dataset;
 pub mod draws;
 pub mod engine;
+pub mod metrics;
 pub mod publisher;
 pub mod replay_source;
 pub mod run;

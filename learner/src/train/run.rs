@@ -163,6 +163,7 @@ fn train<B: AutodiffBackend, S: WindowSource>(
         });
     }
     eprintln!("training a δ-model on {about} for {} iterations ({})", total - start_step, trainer.describe());
+    super::metrics::started(trainer.name(), trainer.threads(), start_step);
     let terminal = std::io::stderr().is_terminal();
     let started = Instant::now();
     let mut last_draw = Instant::now() - Duration::from_secs(1);
@@ -172,9 +173,11 @@ fn train<B: AutodiffBackend, S: WindowSource>(
         if super::stop::requested() {
             break;
         }
+        let began = Instant::now();
         let losses = trainer.iteration(&mut source)?;
         last = Some((losses.discriminator, losses.generator));
         let step = trainer.step();
+        super::metrics::iteration(step, losses.discriminator, losses.generator, began.elapsed());
         let done = step - start_step;
         let rate = done as f64 / started.elapsed().as_secs_f64().max(1e-9);
         if step.is_multiple_of(checkpoint_every) {
@@ -237,6 +240,7 @@ fn save<B: AutodiffBackend>(
     let dir = checkpoints.begin(trainer.step())?;
     trainer.save(&dir, meta)?;
     checkpoints.commit(&dir).with_context(|| format!("committing {}", dir.display()))?;
+    super::metrics::checkpoint(trainer.step());
     if let Some(p) = publisher {
         let (d, g) = losses.unwrap_or((f64::NAN, f64::NAN));
         p.publish(
