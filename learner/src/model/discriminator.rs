@@ -113,6 +113,13 @@ impl<B: Backend> Discriminator<B> {
             .chain(std::iter::once(&self.output))
     }
 
+    /// Every Dense layer in forward order, mutably.
+    pub fn layers_mut(&mut self) -> impl Iterator<Item = &mut SpectralLinear<B>> {
+        std::iter::once(&mut self.input)
+            .chain(self.blocks.iter_mut().flat_map(|b| b.layers.iter_mut()))
+            .chain(std::iter::once(&mut self.output))
+    }
+
     /// E, the embedding dimension.
     pub fn embedding_dim(&self) -> usize {
         self.output.weight.dims()[1]

@@ -14,9 +14,9 @@ use common::config::ConfigDoc;
 
 use crate::config::LearnerConfig;
 use crate::fused::engine::{unsupported, FusedEngine};
-use crate::train::checkpoint_v2;
 use crate::train::dataset::WindowSource;
 use crate::train::trainer::{IterationLosses, TrainError, Trainer};
+use crate::train::{checkpoint_v2, cross_engine};
 
 pub enum Engine<B: AutodiffBackend> {
     Fused(Box<FusedEngine>),
@@ -82,29 +82,39 @@ impl<B: AutodiffBackend> Engine<B> {
         }
     }
 
-    /// Writes checkpoint `step()` into `dir` (the caller commits it): v2 from the fused engine,
-    /// burn records (v1) from the burn engine. `meta` is the dataset's, kept with the checkpoint.
+    /// Writes checkpoint `step()` into `dir` (the caller commits it), in format v2 from either
+    /// engine. The burn engine writes v1 (its own records) for the variants the fused engine does
+    /// not cover yet, whose v2 layout is not defined. `meta` is the dataset's, kept with the
+    /// checkpoint.
     pub fn save(&self, dir: &Path, meta: Option<&serde_json::Value>) -> Result<()> {
         match self {
             Engine::Fused(f) => checkpoint_v2::write(dir, &f.to_arrays(), f.state_json(), &f.doc.to_toml(), meta),
+            Engine::Burn(t) if unsupported(&t.config).is_none() => {
+                let f = cross_engine::fused_from_trainer(t)?;
+                let mut state = f.state_json();
+                state["engine"] = "burn".into();
+                checkpoint_v2::write(dir, &f.to_arrays(), state, &t.doc.to_toml(), meta)
+            }
             Engine::Burn(t) => t.save(dir),
         }
     }
 
-    /// Loads a checkpoint written by [`Engine::save`]. A v2 checkpoint whose files fail their
-    /// checksums is an error naming the file (the run loop then tries an older one).
+    /// Loads a checkpoint of either format written by either engine. A v2 checkpoint whose files
+    /// fail their checksums is an error naming the file (the run loop then tries an older one).
     pub fn load(&mut self, dir: &Path) -> Result<()> {
         let v2 = checkpoint_v2::is_v2(dir);
         match self {
             Engine::Fused(f) if v2 => f.load(checkpoint_v2::read(dir)?),
-            Engine::Fused(_) => bail!(
-                "{} is a burn (v1) checkpoint; resume it with --set train.engine=burn, or start a fresh --workdir",
-                dir.display()
-            ),
-            Engine::Burn(_) if v2 => bail!(
-                "{} is a v2 checkpoint of the fused engine; resume it with train.engine = \"fused\"",
-                dir.display()
-            ),
+            Engine::Fused(f) => cross_engine::load_v1_into_fused(f, dir).context("loading a burn (v1) checkpoint"),
+            Engine::Burn(t) if v2 => {
+                if let Some(why) = unsupported(&t.config) {
+                    bail!("{} is a v2 checkpoint, which this run's variant ({why}) cannot read yet", dir.display());
+                }
+                let mut f = cross_engine::fused_from_trainer(t)?;
+                f.load(checkpoint_v2::read(dir)?)?;
+                cross_engine::into_trainer(&f, t);
+                Ok(())
+            }
             Engine::Burn(t) => t.load(dir).context("loading burn records"),
         }
     }

@@ -9,6 +9,7 @@
 //! - [`publisher`]: checkpoints published to the coordinator's registry in the background;
 //! - [`checkpoint`]: checkpoint directories with a DONE marker, newest N kept;
 //! - [`checkpoint_v2`]: the v2 layout: named `.npy` arrays, state, config, meta, a checksummed manifest;
+//! - [`cross_engine`]: the training state moved between the engines (resume on either);
 //! - [`engine`]: the engine a run uses (fused by default, burn as the reference), behind one type;
 //! - [`trainer`]: the iteration (D step, G step, Polyak) and what a checkpoint holds;
 //! - [`metrics`]: the learner's Prometheus metrics;
@@ -18,6 +19,7 @@
 
 pub mod checkpoint;
 pub mod checkpoint_v2;
+pub mod cross_engine;
 pub mod dataset;
 pub mod draws;
 pub mod engine;

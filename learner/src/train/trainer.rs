@@ -75,12 +75,12 @@ pub struct Trainer<B: AutodiffBackend> {
     /// The whole experiment document, saved with every checkpoint.
     pub doc: ConfigDoc,
     pub state_dim: usize,
-    device: B::Device,
-    generator: Generator<B>,
-    target: Generator<B::InnerBackend>,
-    discriminator: Discriminator<B>,
-    optim_g: OptimizerAdaptor<Adam, Generator<B>, B>,
-    optim_d: OptimizerAdaptor<Adam, Discriminator<B>, B>,
+    pub(crate) device: B::Device,
+    pub(crate) generator: Generator<B>,
+    pub(crate) target: Generator<B::InnerBackend>,
+    pub(crate) discriminator: Discriminator<B>,
+    pub(crate) optim_g: OptimizerAdaptor<Adam, Generator<B>, B>,
+    pub(crate) optim_d: OptimizerAdaptor<Adam, Discriminator<B>, B>,
     loss_spec: LossSpec,
     /// φ_{(b,o)}, one per (batch slot, atom), when `model.inner_separate_discriminator`; it replaces
     /// `discriminator` in both steps (which then stays at its initial values).
