@@ -548,6 +548,92 @@ pub fn median(values: &mut [f32]) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::loss::kernels::Kernel;
+
+    /// The §9.2 example of dsm-algorithm.md: O = 3, I = 4, S = 2 (the samples are the embeddings).
+    fn golden_rows() -> (Vec<f32>, Vec<f32>) {
+        let y = [[0.5, 0.5], [1.0, 1.0], [-1.0, 0.0], [0.0, 0.0]];
+        let x = [[[0.0, 0.0], [1.0, 0.0], [0.0, 2.0], [0.0, 0.0]], [[1.1, 0.1], [1.1, 0.1], [0.1, 2.1], [0.1, 2.1]], y];
+        let yy = [y.map(|p| p.map(|c| c + 1.0)), y, [[0.0, 2.0], [1.0, 0.0], [0.0, 0.0], [0.0, 0.0]]];
+        let flat = |a: [[[f32; 2]; 4]; 3]| a.iter().flatten().flatten().copied().collect::<Vec<f32>>();
+        (flat(x), flat(yy))
+    }
+
+    /// The loss of the example's sizes; `bandwidth` None is the median heuristic.
+    fn golden_loss(
+        xe: &[f32],
+        ye: &[f32],
+        bandwidth: Option<f32>,
+        needs: Needs,
+        gx: &mut [f32],
+        gy: &mut [f32],
+    ) -> f32 {
+        let inner = FusedKernel::new(&Kernel::rq_default()).unwrap();
+        let kernel = FusedKernel::new(&Kernel::imq(1.0)).unwrap();
+        let outer = Outer { kernel, median: bandwidth.is_none(), fixed_bandwidth: bandwidth.unwrap_or(1.0) };
+        let shape = RowShape { o: 3, i: 4, e: 2 };
+        let mut scratch = MmdScratch::new(3, 4, 2);
+        delta_row(xe, ye, shape, &inner, &outer, 1.0, needs, gx, gy, &mut scratch)
+    }
+
+    /// The golden δ-loss of UP's code (jax 0.4.23 CPU, float32) on the §9.2 example: outer IMQ MMD²
+    /// with the median heuristic, V-statistic, over RQ-mixture inner MMD²_U clipped at 0: 0.22193120
+    /// (the burn loss meets it in `loss::outer`). A sum of a few terms of size ≤ 1, so 1e-6.
+    #[test]
+    #[allow(clippy::excessive_precision)]
+    fn golden_delta_loss() {
+        let (x, y) = golden_rows();
+        let (mut gx, mut gy) = (vec![0.0; 24], vec![0.0; 24]);
+        let none = Needs { x: false, y: false };
+        let loss = golden_loss(&x, &y, None, none, &mut gx, &mut gy);
+        assert!((loss - 0.221_931_20).abs() < 1e-6, "fused δ-loss {loss}");
+        // With gradients asked for, the loss is the same.
+        let both = Needs { x: true, y: true };
+        assert_eq!(golden_loss(&x, &y, None, both, &mut gx, &mut gy), loss);
+    }
+
+    /// The gradients of the row loss against central differences, at a point where the atoms are
+    /// apart (each side's atoms shifted to their own places, samples jittered), so that no inner
+    /// distance sits at the clip and the gradients are large. The outer bandwidth is fixed: the
+    /// median heuristic's bandwidth is a constant of the gradient (as in the reference), which a
+    /// finite difference would not hold constant. f32 differences with step 1e-3 carry
+    /// an error of about ε_f32·L/h ≈ 1e-5, hence 2% of the largest gradient plus 2e-5.
+    #[test]
+    fn row_gradients_match_finite_differences() {
+        let (mut x, mut y) = golden_rows();
+        let mut rng = common::rng::stream(3, &["fd".into()]);
+        let (xs, ys) = ([[0.0, 0.0], [2.0, 0.0], [0.0, 2.5]], [[0.7, 0.7], [2.5, -0.5], [-0.5, 3.5]]);
+        for (side, shifts) in [(&mut x, xs), (&mut y, ys)] {
+            for (k, v) in side.iter_mut().enumerate() {
+                *v = 0.5 * *v + shifts[k / 8][k % 2] + rand::Rng::random_range(&mut rng, -0.2..0.2f32);
+            }
+        }
+        let both = Needs { x: true, y: true };
+        let (mut gx, mut gy) = (vec![0.0; 24], vec![0.0; 24]);
+        golden_loss(&x, &y, Some(0.5), both, &mut gx, &mut gy);
+        let largest = gx.iter().chain(&gy).fold(0.0f32, |m, g| m.max(g.abs()));
+        assert!(largest > 5e-3, "the test point must have real gradients ({largest})");
+        let none = Needs { x: false, y: false };
+        let (mut sx, mut sy) = (vec![0.0; 24], vec![0.0; 24]);
+        let h = 1e-3f32;
+        for side in 0..2 {
+            for k in 0..24 {
+                let at = |delta: f32, sx: &mut [f32], sy: &mut [f32]| {
+                    let (mut xp, mut yp) = (x.clone(), y.clone());
+                    if side == 0 {
+                        xp[k] += delta;
+                    } else {
+                        yp[k] += delta;
+                    }
+                    f64::from(golden_loss(&xp, &yp, Some(0.5), none, sx, sy))
+                };
+                let fd = (at(h, &mut sx, &mut sy) - at(-h, &mut sx, &mut sy)) / (2.0 * f64::from(h));
+                let got = f64::from(if side == 0 { gx[k] } else { gy[k] });
+                let tol = 2e-2 * f64::from(largest) + 2e-5;
+                assert!((got - fd).abs() < tol, "side {side} coordinate {k}: gradient {got} vs difference {fd}");
+            }
+        }
+    }
 
     #[test]
     fn median_by_selection_matches_a_sort() {
