@@ -170,12 +170,14 @@ fn main() {
         return;
     }
 
-    let fma1 = fma_gflops_one_thread();
-    let fma2 = {
+    // Peaks: the best of three tries (a try that shares its core with a neighbour reads low).
+    let best = |f: &dyn Fn() -> f64| (0..3).map(|_| f()).fold(f64::NAN, f64::max);
+    let fma1 = best(&fma_gflops_one_thread);
+    let fma2 = best(&|| {
         let h = std::thread::spawn(fma_gflops_one_thread);
         let a = fma_gflops_one_thread();
         a + h.join().unwrap_or(f64::NAN)
-    };
+    });
     println!("| benchmark | result |\n|---|---|");
     println!("| f32 FMA peak (AVX2, 8-wide), 1 thread / 2 threads | {fma1:.1} / {fma2:.1} GFLOP/s |");
 
