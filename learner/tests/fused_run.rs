@@ -153,7 +153,8 @@ fn metrics_are_served_while_training() {
     let mut child = Command::new(env!("CARGO_BIN_EXE_learner"))
         .args(["--dataset", data.to_str().unwrap(), "--workdir", work.to_str().unwrap()])
         .args(["--metrics-addr", &addr.to_string(), "--set", "train.threads=2"])
-        .args(["--set", "model.num_outer=3", "--set", "model.num_inner=3", "--set", "train.batch_size=4"])
+        // 16 rows are two blocks, so both threads have one.
+        .args(["--set", "model.num_outer=3", "--set", "model.num_inner=3", "--set", "train.batch_size=16"])
         .args(["--set", "train.checkpoint_every=20", "--steps", "100000000"])
         .stderr(Stdio::null())
         .spawn()

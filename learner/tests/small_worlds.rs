@@ -75,13 +75,12 @@ fn one_hot_dataset(states: &[usize], types: &[u8], s: usize) -> OfflineDataset {
 }
 
 /// A model trained from `sets` (`section.key=value`) for `steps` iterations on `data`, by the
-/// engine a run would use: the fused engine (on 2 threads, so that the path does not depend on the
-/// machine's cores) where it covers the variant, else burn. The state is returned in a burn
+/// engine a run would use: the fused engine (whose result does not depend on its thread count)
+/// where it covers the variant, else burn. The state is returned in a burn
 /// trainer, whose generator module samples the atoms.
 fn train(sets: &[&str], data: &OfflineDataset, steps: u64) -> Trainer<B> {
     let mut doc = ConfigDoc::empty();
     doc.apply_sets(sets).unwrap();
-    doc.apply_set("train.threads=2").unwrap();
     let config = LearnerConfig::resolve(&doc).unwrap();
     let mut engine = Engine::<B>::new(config.clone(), doc.clone(), data.obs_dim(), Default::default()).unwrap();
     for _ in 0..steps {
@@ -146,7 +145,7 @@ fn max_abs_diff(a: &[f64], b: &[f64]) -> f64 {
 ///   branch, so it fails; the test asserts that too.
 ///
 /// What training reaches (measured on a 2-core x86-64, seeds given as `experiment.seed`; the data
-/// seed fixed), on the fused engine (2 threads) after 1,000 iterations: seed 0 (the one used) 0.13
+/// seed fixed), on the fused engine after 1,000 iterations: seed 0 (the one used) 0.13
 /// from the branches (atoms (0.43, 0.55, −0.06) and (0.58, −0.08, 0.37)); seed 2 0.03; seed 3
 /// 0.12; seed 1 splits the atoms but one keeps x0's mass too high (0.71, 0.21 off). On the burn
 /// engine, before the fused one: seed 0 0.07, seeds 2 and 3 0.16, seed 1 0.51 off. The split holds
