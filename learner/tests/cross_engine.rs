@@ -6,10 +6,11 @@
 //! a checkpoint: that is exact, and it fails if the checkpoint loses any part of the state (an Adam
 //! moment, a u, the step that keys the draws).
 
+mod support;
+
 use std::path::Path;
 
 use common::config::ConfigDoc;
-use common::npz::{write_npz, NpyArray};
 use learner::config::LearnerConfig;
 use learner::fused::engine::FusedEngine;
 use learner::train::checkpoint::CheckpointDir;
@@ -19,25 +20,9 @@ use learner::train::cross_engine::{copy_state, fused_from_trainer, into_trainer}
 use learner::train::dataset::OfflineDataset;
 use learner::train::run::run;
 use learner::train::trainer::Trainer;
+use support::random_dataset;
 
 type B = burn::backend::Autodiff<burn::backend::NdArray>;
-
-fn dataset(path: &Path) {
-    let (e, n, s) = (2usize, 300usize, 3usize);
-    let mut obs = Vec::new();
-    let mut rng = common::rng::stream(4, &["walk".into()]);
-    for _ in 0..e * n * s {
-        obs.push(rand::Rng::random_range(&mut rng, 0.0..1.0f32));
-    }
-    let mut types = vec![1u8; e * n];
-    types[0] = 0;
-    types[n] = 0;
-    write_npz(
-        path,
-        &[("observations", &NpyArray::f32(vec![e, n, s], obs)), ("step_type", &NpyArray::u8(vec![e, n], types))],
-    )
-    .unwrap();
-}
 
 fn doc(steps: u64, engine: &str) -> ConfigDoc {
     let mut doc = ConfigDoc::empty();
@@ -85,7 +70,7 @@ fn fused_engine(steps: u64) -> FusedEngine {
 fn a_checkpoint_resumes_on_the_other_engine() {
     let tmp = tempfile::tempdir().unwrap();
     let path = tmp.path().join("d.npz");
-    dataset(&path);
+    random_dataset(&path);
     let data = OfflineDataset::load(&path).unwrap();
     let work = |name: &str| tmp.path().join(name);
 
@@ -150,7 +135,7 @@ fn a_checkpoint_resumes_on_the_other_engine() {
 fn the_state_round_trips_exactly_through_the_fused_layout() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("d.npz");
-    dataset(&data);
+    random_dataset(&data);
     let data = OfflineDataset::load(&data).unwrap();
     let d = doc(10, "burn");
     let cfg = LearnerConfig::resolve(&d).unwrap();

@@ -1,36 +1,19 @@
 //! Runs on the fused engine through the learner's run loop and binary: exact resume from a v2
 //! checkpoint, a corrupted checkpoint skipped, a clean stop on SIGTERM, and the metrics endpoint.
 
+mod support;
+
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::config::ConfigDoc;
-use common::npz::{write_npz, NpyArray};
 use learner::train::checkpoint::CheckpointDir;
 use learner::train::checkpoint_v2;
 use learner::train::run::run;
+use support::random_dataset;
 
 type B = burn::backend::Autodiff<burn::backend::NdArray>;
-
-fn dataset(path: &Path) {
-    let (e, n, s) = (2usize, 300usize, 3usize);
-    let mut obs = Vec::new();
-    let mut rng = common::rng::stream(4, &["walk".into()]);
-    for _ in 0..e * n {
-        for _ in 0..s {
-            obs.push(rand::Rng::random_range(&mut rng, 0.0..1.0f32));
-        }
-    }
-    let mut types = vec![1u8; e * n];
-    types[0] = 0;
-    types[n] = 0;
-    write_npz(
-        path,
-        &[("observations", &NpyArray::f32(vec![e, n, s], obs)), ("step_type", &NpyArray::u8(vec![e, n], types))],
-    )
-    .unwrap();
-}
 
 fn doc(steps: u64) -> ConfigDoc {
     let mut doc = ConfigDoc::empty();
@@ -61,7 +44,7 @@ fn arrays(dir: &Path) -> Vec<(String, Vec<f32>)> {
 fn resume_is_exact_and_a_corrupted_checkpoint_is_skipped() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("d.npz");
-    dataset(&data);
+    random_dataset(&data);
     let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
     let full = run::<B>(doc(40), &data, &a, Default::default()).unwrap();
     assert_eq!(full.final_step, 40);
@@ -99,7 +82,7 @@ fn resume_is_exact_and_a_corrupted_checkpoint_is_skipped() {
 fn sigterm_leaves_a_checkpoint_at_the_last_iteration() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("d.npz");
-    dataset(&data);
+    random_dataset(&data);
     let work = tmp.path().join("w");
     let mut child = Command::new(env!("CARGO_BIN_EXE_learner"))
         .args(["--dataset", data.to_str().unwrap(), "--workdir", work.to_str().unwrap()])
@@ -147,7 +130,7 @@ fn value(body: &str, name: &str) -> Option<f64> {
 fn metrics_are_served_while_training() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("d.npz");
-    dataset(&data);
+    random_dataset(&data);
     let work = tmp.path().join("w");
     let addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_learner"))

@@ -216,54 +216,22 @@ fn block_sums_self(kval: &[f32], sh: RowShape, sums: &mut [f32]) {
 fn pull_rows(w: &[f32], a: &[f32], b: &[f32], p_all: usize, e: usize, out: &mut [f32]) {
     // The usual embedding widths get a copy with E known, so the accumulators stay in registers.
     match e {
-        8 => pull_rows_e::<8>(w, a, b, p_all, out),
-        16 => pull_rows_e::<16>(w, a, b, p_all, out),
-        _ => pull_rows_any(w, a, b, p_all, e, out),
+        8 => pull_rows_e::<8>(w, a, b, p_all, e, out),
+        16 => pull_rows_e::<16>(w, a, b, p_all, e, out),
+        _ => pull_rows_e::<0>(w, a, b, p_all, e, out),
     }
 }
 
+/// [`pull_rows`] for E values a point: the constant `E`, or `e` (≤ 64) when `E` is 0.
 #[inline(always)]
-fn pull_rows_e<const E: usize>(w: &[f32], a: &[f32], b: &[f32], p_all: usize, out: &mut [f32]) {
+fn pull_rows_e<const E: usize>(w: &[f32], a: &[f32], b: &[f32], p_all: usize, e: usize, out: &mut [f32]) {
     const R: usize = 4;
+    let e = if E == 0 { e } else { E };
     let mut p0 = 0;
     while p0 < p_all {
         let rows = R.min(p_all - p0);
         let mut rs = [0.0f32; R];
-        let mut acc = [[0.0f32; E]; R];
-        for q in 0..p_all {
-            let bq: &[f32; E] = b[q * E..(q + 1) * E].try_into().expect("E values");
-            for r in 0..R {
-                let p = if r < rows { p0 + r } else { p0 };
-                let wv = w[p * p_all + q];
-                rs[r] += wv;
-                for k in 0..E {
-                    acc[r][k] += wv * bq[k];
-                }
-            }
-        }
-        for r in 0..rows {
-            let p = p0 + r;
-            let ap = &a[p * E..(p + 1) * E];
-            let op = &mut out[p * E..(p + 1) * E];
-            for k in 0..E {
-                op[k] += rs[r] * ap[k] - acc[r][k];
-            }
-        }
-        p0 += R;
-    }
-}
-
-#[inline(always)]
-fn pull_rows_any(w: &[f32], a: &[f32], b: &[f32], p_all: usize, e: usize, out: &mut [f32]) {
-    const R: usize = 4;
-    let mut acc = [[0.0f32; 64]; R];
-    let mut p0 = 0;
-    while p0 < p_all {
-        let rows = R.min(p_all - p0);
-        let mut rs = [0.0f32; R];
-        for acc in acc.iter_mut() {
-            acc[..e].fill(0.0);
-        }
+        let mut acc = [[0.0f32; 64]; R];
         for q in 0..p_all {
             let bq = &b[q * e..(q + 1) * e];
             for r in 0..R {
@@ -294,39 +262,24 @@ fn pull_rows_any(w: &[f32], a: &[f32], b: &[f32], p_all: usize, e: usize, out: &
 #[inline(always)]
 fn pull_cols(w: &[f32], a: &[f32], b: &[f32], p_all: usize, e: usize, cs: &mut [f32], out: &mut [f32]) {
     match e {
-        8 => pull_cols_e::<8>(w, a, b, p_all, cs, out),
-        16 => pull_cols_e::<16>(w, a, b, p_all, cs, out),
-        _ => pull_cols_any(w, a, b, p_all, e, cs, out),
+        8 => pull_cols_e::<8>(w, a, b, p_all, e, cs, out),
+        16 => pull_cols_e::<16>(w, a, b, p_all, e, cs, out),
+        _ => pull_cols_e::<0>(w, a, b, p_all, e, cs, out),
     }
 }
 
+/// [`pull_cols`] for E values a point: the constant `E`, or `e` when `E` is 0.
 #[inline(always)]
-fn pull_cols_e<const E: usize>(w: &[f32], a: &[f32], b: &[f32], p_all: usize, cs: &mut [f32], out: &mut [f32]) {
-    let cs = &mut cs[..p_all];
-    cs.fill(0.0);
-    for p in 0..p_all {
-        let wrow = &w[p * p_all..(p + 1) * p_all];
-        let ap: &[f32; E] = a[p * E..(p + 1) * E].try_into().expect("E values");
-        for q in 0..p_all {
-            let wv = wrow[q];
-            cs[q] += wv;
-            let oq: &mut [f32; E] = (&mut out[q * E..(q + 1) * E]).try_into().expect("E values");
-            for k in 0..E {
-                oq[k] -= wv * ap[k];
-            }
-        }
-    }
-    for q in 0..p_all {
-        let bq = &b[q * E..(q + 1) * E];
-        let oq = &mut out[q * E..(q + 1) * E];
-        for k in 0..E {
-            oq[k] += cs[q] * bq[k];
-        }
-    }
-}
-
-#[inline(always)]
-fn pull_cols_any(w: &[f32], a: &[f32], b: &[f32], p_all: usize, e: usize, cs: &mut [f32], out: &mut [f32]) {
+fn pull_cols_e<const E: usize>(
+    w: &[f32],
+    a: &[f32],
+    b: &[f32],
+    p_all: usize,
+    e: usize,
+    cs: &mut [f32],
+    out: &mut [f32],
+) {
+    let e = if E == 0 { e } else { E };
     let cs = &mut cs[..p_all];
     cs.fill(0.0);
     for p in 0..p_all {

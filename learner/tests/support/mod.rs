@@ -1,0 +1,21 @@
+//! Helpers shared by the learner's integration tests.
+
+use std::path::Path;
+
+use common::npz::{write_npz, NpyArray};
+
+/// An archive as `actor simulate` writes it: 2 streams of 300 uniform random states of 3 floats,
+/// each stream one episode (seed fixed).
+pub fn random_dataset(path: &Path) {
+    let (e, n, s) = (2usize, 300usize, 3usize);
+    let mut rng = common::rng::stream(4, &["walk".into()]);
+    let obs: Vec<f32> = (0..e * n * s).map(|_| rand::Rng::random_range(&mut rng, 0.0..1.0f32)).collect();
+    let mut types = vec![1u8; e * n];
+    types[0] = 0;
+    types[n] = 0;
+    write_npz(
+        path,
+        &[("observations", &NpyArray::f32(vec![e, n, s], obs)), ("step_type", &NpyArray::u8(vec![e, n], types))],
+    )
+    .unwrap();
+}
