@@ -25,22 +25,7 @@ use support::random_dataset;
 type B = burn::backend::Autodiff<burn::backend::NdArray>;
 
 fn doc(steps: u64, engine: &str) -> ConfigDoc {
-    let mut doc = ConfigDoc::empty();
-    doc.apply_sets(&[
-        "model.num_outer=3",
-        "model.num_inner=3",
-        "model.latent_dims=2",
-        "model.generator_hidden=8",
-        "model.discriminator_hidden=8",
-        "train.batch_size=4",
-        "train.checkpoint_every=5",
-        "train.keep_checkpoints=5",
-        "train.threads=2",
-        &format!("train.engine={engine}"),
-        &format!("train.steps={steps}"),
-    ])
-    .unwrap();
-    doc
+    support::tiny_doc(steps, 5, &["train.threads=2", &format!("train.engine={engine}")])
 }
 
 fn latest(work: &Path) -> (u64, std::path::PathBuf) {

@@ -2,6 +2,7 @@
 
 use std::path::Path;
 
+use common::config::ConfigDoc;
 use common::npz::{write_npz, NpyArray};
 
 /// An archive as `actor simulate` writes it: 2 streams of 300 uniform random states of 3 floats,
@@ -18,4 +19,24 @@ pub fn random_dataset(path: &Path) {
         &[("observations", &NpyArray::f32(vec![e, n, s], obs)), ("step_type", &NpyArray::u8(vec![e, n], types))],
     )
     .unwrap();
+}
+
+/// A tiny δ-model (O 3, I 3, Z 2, 8-wide, B 4) that checkpoints every `checkpoint_every`
+/// iterations and keeps 5, for `steps` iterations, with `extra` overrides on top.
+pub fn tiny_doc(steps: u64, checkpoint_every: u64, extra: &[&str]) -> ConfigDoc {
+    let mut doc = ConfigDoc::empty();
+    doc.apply_sets(&[
+        "model.num_outer=3",
+        "model.num_inner=3",
+        "model.latent_dims=2",
+        "model.generator_hidden=8",
+        "model.discriminator_hidden=8",
+        "train.batch_size=4",
+        "train.keep_checkpoints=5",
+        &format!("train.checkpoint_every={checkpoint_every}"),
+        &format!("train.steps={steps}"),
+    ])
+    .unwrap();
+    doc.apply_sets(extra).unwrap();
+    doc
 }
