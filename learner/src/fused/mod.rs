@@ -7,12 +7,14 @@
 //! - [`mmd`]: one batch row's loss (pair blocks, clip, median by selection, outer MMD) and its backward;
 //! - [`network`]: the generator (split first layer) and φ with spectral norm, forward and backward;
 //! - [`adam`]: Adam and Polyak on flat buffers, operation for operation as burn;
+//! - [`collective`]: how replicas sum their gradients (the `Collective` trait; threads on the CPU);
 //! - [`engine`]: the iteration;
 //! - `simd`: run-time AVX2 dispatch of the element-wise loops.
 //!
 //! The burn modules (`model`, `loss`) are the reference this engine is tested against.
 
 pub mod adam;
+pub mod collective;
 pub mod engine;
 pub mod kernel;
 pub mod matmul;
