@@ -182,8 +182,13 @@ pub struct TrainConfig {
     /// on flat buffers, threads over batch rows; the default) or `"burn"` (the reference engine). A
     /// variant the fused engine does not cover runs on burn, and the run says so at start.
     pub engine: String,
-    /// Threads of the fused engine (0: every core available to the process).
+    /// Threads of the fused engine in all (0: every core available to the process).
     pub threads: usize,
+    /// Data-parallel replicas of the fused engine (`learner --replicas`): each computes the
+    /// gradients of its share of the batch rows on `threads / replicas` threads, and they sum them
+    /// and apply one update. The trained model does not depend on it (bit for bit for powers of
+    /// two, see `fused::replicas`).
+    pub replicas: usize,
 }
 
 impl Default for TrainConfig {
@@ -201,6 +206,7 @@ impl Default for TrainConfig {
             discriminator_steps: 1,
             engine: "fused".into(),
             threads: 0,
+            replicas: 1,
         }
     }
 }
@@ -294,6 +300,12 @@ impl LearnerConfig {
                 "train",
                 format!("train.discriminator_steps must be 0 (no discriminator) or 1, got {}", t.discriminator_steps),
             );
+        }
+        if t.replicas == 0 {
+            return bad("train", "train.replicas must be at least 1".to_string());
+        }
+        if t.replicas > 1 && t.engine != "fused" {
+            return bad("train", format!("train.replicas = {} needs train.engine = \"fused\"", t.replicas));
         }
         if !ENGINE_NAMES.contains(&t.engine.as_str()) {
             return bad("train", format!("train.engine must be one of {ENGINE_NAMES:?}, got {:?}", t.engine));

@@ -31,9 +31,9 @@
 //! to converge within CI's budget (release mode, 2 cores) with the fixed seeds used here, and
 //! their tolerances are set from what that training reaches (see each test).
 //!
-//! The fork trains on the fused engine; the walk and the cycle use the `median` variant (no
-//! discriminator, `train.discriminator_steps = 0`), which stays on the burn engine until the fused
-//! engine covers it.
+//! Every model trains on the fused engine as 2 exact data-parallel replicas (the result is the
+//! one-replica result bit for bit); the walk and the cycle use the `median` variant (no
+//! discriminator, `train.discriminator_steps = 0`).
 //!
 //! burn's NdArray backend has one global RNG (`B::seed`, the generator's latents), so tests that
 //! draw from it hold [`SERIAL`]: run in parallel they would interleave their draws and no longer
@@ -75,11 +75,12 @@ fn one_hot_dataset(states: &[usize], types: &[u8], s: usize) -> OfflineDataset {
 }
 
 /// A model trained from `sets` (`section.key=value`) for `steps` iterations on `data`, by the
-/// engine a run would use: the fused engine (whose result does not depend on its thread count)
-/// where it covers the variant, else burn. The state is returned in a burn
-/// trainer, whose generator module samples the atoms.
+/// engine a run would use: the fused engine, here as 2 replicas of one thread (its result does not
+/// depend on either count). The state is returned in a burn trainer, whose generator module
+/// samples the atoms.
 fn train(sets: &[&str], data: &OfflineDataset, steps: u64) -> Trainer<B> {
     let mut doc = ConfigDoc::empty();
+    doc.apply_sets(&["train.replicas=2", "train.threads=2"]).unwrap();
     doc.apply_sets(sets).unwrap();
     let config = LearnerConfig::resolve(&doc).unwrap();
     let mut engine = Engine::<B>::new(config.clone(), doc.clone(), data.obs_dim(), Default::default()).unwrap();
@@ -89,10 +90,11 @@ fn train(sets: &[&str], data: &OfflineDataset, steps: u64) -> Trainer<B> {
         assert!(losses.generator.is_finite());
     }
     match engine {
-        Engine::Burn(trainer) => *trainer,
+        Engine::Burn(_) => panic!("every variant trains on the fused engine"),
         Engine::Fused(fused) => {
+            assert_eq!(fused.replicas(), 2);
             let mut trainer = Trainer::<B>::new(config, doc, data.obs_dim(), Default::default());
-            into_trainer(&fused, &mut trainer);
+            into_trainer(&fused.replica(0), &mut trainer);
             trainer
         }
     }
@@ -471,12 +473,12 @@ const SMALL_WORLD_SETS: [&str; 11] = [
     "model.generator_layers=2",
     "model.gamma=0.5",
     "model.horizon=6",
-    "train.batch_size=16",
-    "train.learning_rate=3e-4",
+    "train.batch_size=64",
+    "train.learning_rate=1e-4",
     "train.discriminator_steps=0",
     "experiment.seed=0",
 ];
-const SMALL_WORLD_ITERATIONS: u64 = 2000;
+const SMALL_WORLD_ITERATIONS: u64 = 4000;
 
 /// Spec §9.2 *Two-state random walk*: P = [[0.7, 0.3], [0.2, 0.8]], γ = 0.5, r = 1{x = x1}.
 ///

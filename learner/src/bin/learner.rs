@@ -14,7 +14,8 @@ use learner::train::run::{run, run_from_coordinator};
 
 /// Train a δ-model (distributional successor measure) on an offline `.npz` dataset or on the
 /// replay store of a running coordinator, with checkpoints and resume. Runs on the CPU: the fused
-/// engine by default (train.engine), on train.threads threads (0 = every core).
+/// engine by default (train.engine), on train.threads threads (0 = every core), as --replicas
+/// data-parallel replicas.
 #[derive(Debug, Parser)]
 #[command(name = "learner", version, about)]
 #[command(group(ArgGroup::new("source").required(true).args(["dataset", "coordinator"])))]
@@ -50,6 +51,12 @@ struct Cli {
     /// client's windows and shards).
     #[arg(long, value_name = "ADDR")]
     metrics_addr: Option<std::net::SocketAddr>,
+    /// Run the fused engine as N exact data-parallel replicas (overrides train.replicas): each
+    /// computes the gradients of its share of the batch rows on train.threads / N threads, the
+    /// replicas sum them and apply one update, and replica 0 writes the checkpoints. The trained
+    /// model is the same for any N (bit for bit for powers of two).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    replicas: Option<u64>,
     /// Override one config value, e.g. `--set model.num_outer=1`. Repeatable.
     #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
     sets: Vec<String>,
@@ -88,6 +95,9 @@ fn main_inner(cli: Cli) -> Result<()> {
         None => ConfigDoc::empty(),
     };
     doc.apply_sets(&cli.sets)?;
+    if let Some(n) = cli.replicas {
+        doc.apply_set(&format!("train.replicas={n}"))?;
+    }
     if let Some(steps) = cli.steps {
         doc.apply_set(&format!("train.steps={steps}"))?;
     }

@@ -1,5 +1,6 @@
 //! `learner_bench`: the fused engine against the burn engine, measured in the same run, on this
-//! machine's CPU, with the machine's FMA throughput as the yardstick.
+//! machine's CPU, with the machine's FMA throughput as the yardstick: the thesis config with 1 and
+//! 2 replicas, at B 32, 256 and 1024, every variant (SR, single-step, median), and Pendulum.
 //!
 //! `cargo run --release -p learner --bin learner_bench [-- --quick]`. The dataset is synthetic
 //! (a bounded random walk of the right state size), so the simulator is not what is measured.
@@ -11,8 +12,8 @@ use clap::Parser;
 
 use common::config::ConfigDoc;
 use learner::config::LearnerConfig;
-use learner::fused::engine::FusedEngine;
 use learner::fused::matmul::{set_backend, GemmBackend};
+use learner::fused::replicas::Replicas;
 use learner::train::dataset::OfflineDataset;
 use learner::train::trainer::Trainer;
 
@@ -27,9 +28,12 @@ struct Cli {
     /// Only run the fused engine on the thesis config for this many iterations (for profilers).
     #[arg(long, value_name = "ITERATIONS")]
     profile: Option<u64>,
-    /// Threads for `--profile`.
+    /// Threads for `--profile` (in all).
     #[arg(long, default_value_t = 1)]
     threads: usize,
+    /// Replicas for `--profile`.
+    #[arg(long, default_value_t = 1)]
+    replicas: usize,
 }
 
 fn walk(streams: usize, steps: usize, dim: usize) -> OfflineDataset {
@@ -57,12 +61,14 @@ fn config(file: &str, sets: &[String]) -> (LearnerConfig, ConfigDoc) {
     (LearnerConfig::resolve(&doc).expect("valid config"), doc)
 }
 
-/// Iterations per second of the fused engine: the median of three timed stretches of `iters / 3`
-/// iterations (a shared machine's hiccups move a single stretch by 10–15%).
+/// Iterations per second of the fused engine (`train.replicas` and `train.threads` as `sets`
+/// give them): the median of three timed stretches of `iters / 3` iterations (a shared machine's
+/// hiccups move a single stretch by 10–15%).
 fn fused(file: &str, sets: &[String], dim: usize, warmup: u64, iters: u64) -> f64 {
     let (cfg, doc) = config(file, sets);
     let data = walk(1, 24_000, dim);
-    let mut e = FusedEngine::new(cfg, doc, dim).expect("a fused config");
+    let replicas = cfg.train.replicas;
+    let mut e = Replicas::new(cfg, doc, dim, replicas).expect("a fused config");
     for _ in 0..warmup {
         e.iteration(&data).expect("finite");
     }
@@ -161,12 +167,14 @@ fn main() {
     let q = cli.quick;
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../configs");
     let thesis = format!("{root}/riab-random.toml");
+    let thesis_sr = format!("{root}/riab-random-sr.toml");
     let pendulum = format!("{root}/pendulum.toml");
     let set = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     if let Some(iters) = cli.profile {
-        let ips = fused(&thesis, &set(&[&format!("train.threads={}", cli.threads)]), 50, 20, iters);
-        println!("fused, thesis config, {} thread(s): {ips:.1} it/s", cli.threads);
+        let sets = set(&[&format!("train.threads={}", cli.threads), &format!("train.replicas={}", cli.replicas)]);
+        let ips = fused(&thesis, &sets, 50, 20, iters);
+        println!("fused, thesis config, {} thread(s), {} replica(s): {ips:.1} it/s", cli.threads, cli.replicas);
         return;
     }
 
@@ -185,7 +193,18 @@ fn main() {
     let burn_b32 = burn(&thesis, &[], 50, 2, burn_iters);
     let (cfg32, _) = config(&thesis, &[]);
     let flops32 = matmul_flops(&cfg32, 50);
-    println!("| thesis config (O 10, I 5, Z 5, 32-wide, B 32, S 50), burn engine | {burn_b32:.1} it/s |");
+    let full_run = |ips: f64| {
+        let min = 500_000.0 / ips / 60.0;
+        if min >= 120.0 {
+            format!("{:.0} h", min / 60.0)
+        } else {
+            format!("{min:.0} min")
+        }
+    };
+    println!(
+        "| thesis config (O 10, I 5, Z 5, 32-wide, B 32, S 50), burn engine | {burn_b32:.1} it/s (500k iterations in {}) |",
+        full_run(burn_b32)
+    );
     let t = cores.min(2);
     let mut ips_b32 = f64::NAN;
     for backend in [GemmBackend::Gemm, GemmBackend::Matrixmultiply] {
@@ -198,31 +217,65 @@ fn main() {
             let gflops = ips * flops32 / 1e9;
             let peak = if threads == 1 { fma1 } else { fma2 };
             println!(
-                "| thesis config, fused engine ({backend:?}), {threads} thread(s) | {ips:.0} it/s ({:.1}× burn; 500k iterations in {:.0} min; matmul {gflops:.1} GFLOP/s = {:.0}% of FMA peak) |",
+                "| thesis config, fused engine ({backend:?}), 1 replica × {threads} thread(s) | {ips:.0} it/s ({:.1}× burn; 500k iterations in {}; matmul {gflops:.1} GFLOP/s = {:.0}% of FMA peak) |",
                 ips / burn_b32,
-                500_000.0 / ips / 60.0,
+                full_run(ips),
                 100.0 * gflops / peak
             );
         }
     }
     set_backend(GemmBackend::Gemm);
+    let ips_r2 = fused(&thesis, &set(&["train.threads=2", "train.replicas=2"]), 50, 20, fused_iters);
+    println!(
+        "| thesis config, fused engine, 2 replicas × 1 thread | {ips_r2:.0} it/s ({:.1}× burn; 500k iterations in {}) |",
+        ips_r2 / burn_b32,
+        full_run(ips_r2)
+    );
     let per_row_32 = 1.0 / (ips_b32 * 32.0);
     for b in [256usize, 1024] {
         let iters = (fused_iters * 32 / b as u64).max(3);
-        let ips = fused(
-            &thesis,
-            &set(&[&format!("train.batch_size={b}"), &format!("train.threads={t}")]),
-            50,
-            2,
-            iters.max(6),
-        );
+        let bs = format!("train.batch_size={b}");
+        let ips = fused(&thesis, &set(&[&bs, &format!("train.threads={t}")]), 50, 2, iters.max(6));
+        let burn_ips = burn(&thesis, &set(&[&bs]), 50, 1, if q { 1 } else { 3 });
         let per_row = 1.0 / (ips * b as f64);
         println!(
-            "| thesis config at B {b}, fused, {t} threads | {ips:.1} it/s; {:.1} µs per row vs {:.1} µs at B 32 ({:.2}×) |",
+            "| thesis config at B {b}, fused, {t} threads | {ips:.1} it/s ({:.1}× burn's {burn_ips:.2}); {:.1} µs per row vs {:.1} µs at B 32 ({:.2}×) |",
+            ips / burn_ips,
             per_row * 1e6,
             per_row_32 * 1e6,
             per_row / per_row_32
         );
+    }
+    // The variants at the thesis sizes (configs/riab-random-sr.toml lists their overrides).
+    let single_step =
+        ["model.cumulant_is_source_state=false", "model.gamma=0", "model.horizon=1", "model.bootstrap=false"];
+    let median = [
+        "model.inner_kernel=rbf",
+        "model.inner_bandwidths=[1.0]",
+        "model.inner_adaptive_bandwidth=true",
+        "model.outer_kernel=rbf",
+        "model.outer_bandwidths=[1.0]",
+        "train.discriminator_steps=0",
+    ];
+    let variants: [(&str, &str, &[&str]); 3] = [
+        ("SR (γ-model, separate φ per slot)", &thesis_sr, &[]),
+        ("single-step model", &thesis_sr, &single_step),
+        ("median (RBF, median both levels, no φ)", &thesis, &median),
+    ];
+    for (name, file, sets) in variants {
+        let sets = set(sets);
+        let burn_ips = burn(file, &sets, 50, 2, burn_iters);
+        for replicas in [1, 2] {
+            let mut s = sets.clone();
+            s.push(format!("train.threads={t}"));
+            s.push(format!("train.replicas={replicas}"));
+            let ips = fused(file, &s, 50, 20, fused_iters);
+            println!(
+                "| {name}, thesis sizes, fused, {replicas} replica(s) × {} thread(s) | {ips:.0} it/s ({:.1}× burn's {burn_ips:.1} it/s) |",
+                t / replicas,
+                ips / burn_ips
+            );
+        }
     }
     let p_iters = if q { 1 } else { 6 };
     let p_fused = fused(&pendulum, &set(&[&format!("train.threads={t}")]), 3, 1, p_iters);
@@ -232,13 +285,11 @@ fn main() {
         1.0 / p_fused,
         p_fused * matmul_flops(&cfgp, 3) / 1e9
     );
-    if !q {
-        // burn at B 4 (one chunk of the full batch) scaled by 16: chunks run one after another.
-        let b4 = burn(&pendulum, &set(&["train.batch_size=4", "train.batch_chunk=0"]), 3, 0, 1);
-        println!(
-            "| Pendulum config, burn engine (B 4 timed, scaled to B 64) | {:.0} s per iteration ({:.0}× slower than fused) |",
-            16.0 / b4,
-            (16.0 / b4) * p_fused
-        );
-    }
+    // burn at B 4 (one chunk of the full batch) scaled by 16: chunks run one after another.
+    let b4 = burn(&pendulum, &set(&["train.batch_size=4", "train.batch_chunk=0"]), 3, 0, 1);
+    println!(
+        "| Pendulum config, burn engine (B 4 timed, scaled to B 64) | {:.0} s per iteration ({:.0}× slower than fused) |",
+        16.0 / b4,
+        (16.0 / b4) * p_fused
+    );
 }

@@ -12,7 +12,7 @@
 //! Every draw comes from the counter-based [`Draws`], so the inputs are those of the burn engine.
 
 use std::ops::Range;
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 
 use anyhow::{bail, Result};
 use burn::backend::NdArray;
@@ -22,45 +22,69 @@ use common::config::ConfigDoc;
 use common::rng;
 
 use super::adam::{polyak, AdamConfig};
+use super::collective::Collective;
 use super::kernel::FusedKernel;
 use super::mmd::{delta_row, MmdScratch, Needs, Outer, RowShape};
 use super::network::{
     gen_backward, gen_forward, phi_backward, phi_forward, GenActs, GenParams, GenShape, PhiActs, PhiParams, PhiShape,
     Spectral,
 };
+use super::pair_mmd::{pair_row, PairLoss, PairScratch};
 use super::pool::Pool;
 use crate::config::LearnerConfig;
 use crate::loss::mmd::Bandwidth;
 use crate::loss::target::HorizonSampler;
 use crate::model::discriminator::{Discriminator, DiscriminatorConfig};
 use crate::model::generator::{Generator, GeneratorConfig};
+use crate::model::separate_discriminator::SeparateDiscriminator;
 use crate::train::checkpoint_v2::{Array, Checkpoint};
 use crate::train::dataset::{WindowBatch, WindowSource, STEP_LAST};
 use crate::train::draws::{Draws, Phase, Purpose};
 use crate::train::trainer::{IterationLosses, TrainError};
 
-/// Why a config cannot run on the fused engine (it then stays on burn).
+/// Why a config cannot run on the fused engine (it then stays on burn). Every variant of
+/// dsm-algorithm.md §1.1 runs on it; what is left out is the energy kernel and embeddings wider
+/// than 64 floats.
 pub fn unsupported(config: &LearnerConfig) -> Option<String> {
     let m = &config.model;
-    if !m.distributional {
-        return Some("model.distributional = false (the γ-model ensemble / SR)".into());
-    }
-    if m.inner_separate_discriminator {
-        return Some("model.inner_separate_discriminator = true".into());
-    }
-    if config.train.discriminator_steps == 0 {
-        return Some("train.discriminator_steps = 0 (the median variant)".into());
-    }
-    if m.inner_adaptive_bandwidth {
-        return Some("model.inner_adaptive_bandwidth = true".into());
-    }
-    if FusedKernel::new(&m.inner()).is_none() || FusedKernel::new(&m.outer()).is_none() {
+    if FusedKernel::new(&m.inner()).is_none() || (m.distributional && FusedKernel::new(&m.outer()).is_none()) {
         return Some("an energy kernel".into());
     }
-    if m.embedding_dim > 64 {
+    if config.train.discriminator_steps > 0 && m.embedding_dim > 64 {
         return Some("model.embedding_dim > 64".into());
     }
     None
+}
+
+/// What the kernels compare: the raw states (no discriminator, `train.discriminator_steps = 0`),
+/// φ's embeddings, or the embeddings of one φ per (batch slot, atom)
+/// (`model.inner_separate_discriminator`; see `model::separate_discriminator` for the reference
+/// quirk this reproduces).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Embedding {
+    Raw,
+    Shared,
+    Separate,
+}
+
+impl Embedding {
+    pub fn of(config: &LearnerConfig) -> Embedding {
+        if config.train.discriminator_steps == 0 {
+            Embedding::Raw
+        } else if config.model.inner_separate_discriminator {
+            Embedding::Separate
+        } else {
+            Embedding::Shared
+        }
+    }
+}
+
+/// How a row's loss is computed: the δ-model with one inner bandwidth (the self-term reuse of
+/// [`delta_row`]), or pair by pair ([`pair_row`]: the γ-model, or per-pair median bandwidths).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RowLoss {
+    Delta,
+    Pairs { gamma: bool, median: bool },
 }
 
 /// φ's Adam moments: per layer, for the kernel and the bias.
@@ -84,10 +108,23 @@ pub struct Moments<T> {
 /// Each block's gradients are computed on their own (by whichever thread takes the block) and the
 /// blocks are summed by a fixed pairwise tree ([`tree_sum`]) that depends only on their number. So
 /// the result is bit-identical for any thread count, and for any split of the blocks across
-/// replicas that keeps the tree. Smaller blocks balance threads better; larger ones make longer
-/// matrix products (8 rows: 400-row products at the thesis sizes, within a few % of the speed of
-/// one block per thread).
+/// replicas that keeps the tree ([`replica_blocks`]). Smaller blocks balance threads better;
+/// larger ones make longer matrix products (8 rows: 400-row products at the thesis sizes, within a
+/// few % of the speed of one block per thread).
 pub const BLOCK_ROWS: usize = 8;
+
+/// The blocks replica `rank` of `size` computes, out of `num_blocks`.
+///
+/// The blocks are padded to a power of two, P, and each replica takes P/size consecutive ones
+/// (none past the end). For a power-of-two `size` that is a whole subtree of [`tree_sum`]'s tree,
+/// and the replicas' sums combined by the collective's tree over ranks (a missing block or replica
+/// adds exact zeros) are the one-replica sum bit for bit. Other sizes are exact up to the order of
+/// the additions.
+pub fn replica_blocks(num_blocks: usize, rank: usize, size: usize) -> Range<usize> {
+    let padded = num_blocks.next_power_of_two().max(size);
+    let per = padded.div_ceil(size);
+    (rank * per).min(num_blocks)..((rank + 1) * per).min(num_blocks)
+}
 
 /// One thread's scratch buffers, sized once for a block of rows.
 struct Worker {
@@ -109,21 +146,70 @@ struct Worker {
     gx_atoms: Vec<f32>,
     phi_x: PhiActs,
     phi_y: PhiActs,
+    /// The separate discriminators' activations, one per (row of the block, atom), x and y calls.
+    member_acts: [Vec<PhiActs>; 2],
     mmd: MmdScratch,
+    pair: PairScratch,
 }
 
-/// What one block of rows contributes: its gradients and its summed loss.
-struct Block {
-    rows: Range<usize>,
-    grad_gen: GenParams,
-    /// ∂L/∂W̄ of the lhs call and of the rhs call (they differ by σ in the D step), ∂L/∂b.
-    grad_wbar: [Vec<Vec<f32>>; 2],
-    grad_bias: Vec<Vec<f32>>,
+/// ∂L/∂W̄ of the lhs and rhs calls and ∂L/∂b of one φ (the calls differ by σ in the D step).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PhiGrad {
+    pub wbar: [Vec<Vec<f32>>; 2],
+    pub bias: Vec<Vec<f32>>,
+}
+
+impl PhiGrad {
+    fn zeros(shape: &PhiShape) -> PhiGrad {
+        let layers = shape.layers();
+        PhiGrad {
+            wbar: [0, 1].map(|_| (0..layers).map(|k| vec![0.0; shape.dims(k).0 * shape.dims(k).1]).collect()),
+            bias: (0..layers).map(|k| vec![0.0; shape.dims(k).1]).collect(),
+        }
+    }
+
+    fn buffers_mut(&mut self) -> impl Iterator<Item = &mut Vec<f32>> {
+        let [a, b] = &mut self.wbar;
+        a.iter_mut().chain(b.iter_mut()).chain(self.bias.iter_mut())
+    }
+
+    fn buffers(&self) -> impl Iterator<Item = &Vec<f32>> {
+        self.wbar[0].iter().chain(self.wbar[1].iter()).chain(self.bias.iter())
+    }
+}
+
+/// Gradients of one step and its summed loss: of a block of rows, or the total.
+struct Grads {
+    gen: GenParams,
+    phi: PhiGrad,
+    /// The separate discriminators': a block holds its rows' members, the total every member.
+    members: Vec<PhiGrad>,
     loss: f64,
 }
 
+impl Grads {
+    /// Every buffer the step of `phase` fills (and a collective must sum), in a fixed order.
+    fn phase_buffers_mut(&mut self, phase: Phase, embedding: Embedding) -> Vec<&mut Vec<f32>> {
+        match phase {
+            Phase::Generator => self.gen.buffers_mut().collect(),
+            Phase::Discriminator => match embedding {
+                Embedding::Shared => self.phi.buffers_mut().collect(),
+                Embedding::Separate => self.members.iter_mut().flat_map(|m| m.buffers_mut()).collect(),
+                Embedding::Raw => Vec::new(),
+            },
+        }
+    }
+}
+
+/// What one block of rows contributes.
+struct Block {
+    rows: Range<usize>,
+    grads: Grads,
+}
+
 impl Block {
-    /// `self += other`, the gradients of the phase that ran.
+    /// `self += other` for the summed gradients of the phase that ran (the separate
+    /// discriminators' are per row, never summed).
     fn add(&mut self, other: &Block, phase: Phase) {
         let add = |a: &mut [f32], b: &[f32]| {
             for (a, b) in a.iter_mut().zip(b) {
@@ -132,22 +218,17 @@ impl Block {
         };
         match phase {
             Phase::Discriminator => {
-                for c in 0..2 {
-                    for (a, b) in self.grad_wbar[c].iter_mut().zip(&other.grad_wbar[c]) {
-                        add(a, b);
-                    }
-                }
-                for (a, b) in self.grad_bias.iter_mut().zip(&other.grad_bias) {
+                for (a, b) in self.grads.phi.buffers_mut().zip(other.grads.phi.buffers()) {
                     add(a, b);
                 }
             }
             Phase::Generator => {
-                for (a, b) in self.grad_gen.buffers_mut().zip(other.grad_gen.buffers()) {
+                for (a, b) in self.grads.gen.buffers_mut().zip(other.grads.gen.buffers()) {
                     add(a, b);
                 }
             }
         }
-        self.loss += other.loss;
+        self.grads.loss += other.grads.loss;
     }
 }
 
@@ -159,40 +240,68 @@ fn tree_sum(blocks: &[Mutex<Block>], phase: Phase) {
     while stride < n {
         let mut i = 0;
         while i + stride < n {
-            let other = blocks[i + stride].lock().unwrap_or_else(|e| e.into_inner());
-            blocks[i].lock().unwrap_or_else(|e| e.into_inner()).add(&other, phase);
+            let other = lock(&blocks[i + stride]);
+            lock(&blocks[i]).add(&other, phase);
             i += 2 * stride;
         }
         stride *= 2;
     }
 }
 
-/// The fused engine's state and buffers.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A collective over host buffers, as the CPU replicas use.
+pub type HostCollective = Box<dyn Collective<Buffer = Vec<f32>> + Send + Sync>;
+
+/// The fused engine's state and buffers: one replica (the whole batch when it is the only one).
 pub struct FusedEngine {
     pub config: LearnerConfig,
     pub doc: ConfigDoc,
     pub state_dim: usize,
     pub gen_shape: GenShape,
     pub phi_shape: PhiShape,
+    pub embedding: Embedding,
     pub generator: GenParams,
     pub target: GenParams,
+    /// The shared φ (trained when `embedding` is `Shared`; kept, untrained, otherwise, as the
+    /// burn engine keeps it).
     pub phi: PhiParams,
+    /// The separate discriminators, member `b·O + o` for batch slot b and atom o (empty unless
+    /// `embedding` is `Separate`).
+    pub members: Vec<PhiParams>,
     pub adam_generator: Moments<GenParams>,
     pub adam_phi: Moments<PhiMoments>,
+    pub adam_members: Moments<Vec<PhiMoments>>,
     /// Iterations completed.
     pub step: u64,
     draws: Draws,
     batch: WindowBatch,
     pool: Pool,
     workers: Vec<Mutex<Worker>>,
+    /// This replica's blocks of rows.
     blocks: Vec<Mutex<Block>>,
     spectral: [Vec<Spectral>; 2],
+    member_spectral: Vec<Mutex<[Vec<Spectral>; 2]>>,
     inner: FusedKernel,
     outer: Outer,
+    row_loss: RowLoss,
     sampler: HorizonSampler,
     adam: AdamConfig,
+    /// The step's summed gradients (over every replica after the collective).
+    total: Grads,
     grad_gen: GenParams,
     grad_phi: PhiMoments,
+    collective: Option<HostCollective>,
+    flat: Vec<f32>,
+}
+
+/// The normalised kernels of call `c` (0: lhs, 1: rhs): the D step's lhs call uses W̄ from
+/// u → u₁ and its rhs call W̄ from u₁ → u₂; the G step uses one W̄ for both.
+fn w_bars(spectral: &[Vec<Spectral>; 2], c: usize, phase: Phase, layers: usize) -> Vec<&[f32]> {
+    let c = if phase == Phase::Discriminator { c } else { 0 };
+    (0..layers).map(|k| spectral[c][k].w_bar.as_slice()).collect()
 }
 
 fn to_vec<B: Backend, const D: usize>(t: burn::tensor::Tensor<B, D>) -> Vec<f32> {
@@ -216,10 +325,47 @@ pub fn phi_from_burn<B: Backend>(d: &Discriminator<B>) -> PhiParams {
     }
 }
 
+/// The members of a separate discriminator copied from a burn module, member by member.
+pub fn members_from_burn<B: Backend>(d: &SeparateDiscriminator<B>) -> Vec<PhiParams> {
+    let m = d.members();
+    let split = |v: Vec<f32>| -> Vec<Vec<f32>> {
+        let per = v.len() / m;
+        v.chunks_exact(per).map(<[f32]>::to_vec).collect()
+    };
+    let layers: Vec<_> = d
+        .layers()
+        .map(|l| (split(to_vec(l.weight.val())), split(to_vec(l.bias.val())), split(to_vec(l.u()))))
+        .collect();
+    (0..m)
+        .map(|j| PhiParams {
+            weights: layers.iter().map(|l| l.0[j].clone()).collect(),
+            biases: layers.iter().map(|l| l.1[j].clone()).collect(),
+            u: layers.iter().map(|l| l.2[j].clone()).collect(),
+        })
+        .collect()
+}
+
 impl FusedEngine {
     /// A fresh model for states of `state_dim` floats, initialised exactly as the burn engine's
     /// (the same modules are built from the same seeds and copied), on `train.threads` threads.
     pub fn new(config: LearnerConfig, doc: ConfigDoc, state_dim: usize) -> Result<FusedEngine> {
+        let threads = match config.train.threads {
+            0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            t => t,
+        };
+        Self::replica(config, doc, state_dim, threads, None)
+    }
+
+    /// One replica of a group: it computes the blocks of rows [`replica_blocks`] gives its rank,
+    /// on `threads` threads, and sums gradients with the others through `collective` (`None`: the
+    /// only replica).
+    pub fn replica(
+        config: LearnerConfig,
+        doc: ConfigDoc,
+        state_dim: usize,
+        threads: usize,
+        collective: Option<HostCollective>,
+    ) -> Result<FusedEngine> {
         if let Some(why) = unsupported(&config) {
             bail!("the fused engine does not cover {why}");
         }
@@ -232,6 +378,18 @@ impl FusedEngine {
             DiscriminatorConfig::new(state_dim, m.discriminator_hidden).with_embedding_dim(m.embedding_dim);
         let discriminator = disc_config
             .init::<NdArray>(&device, rng::derive_seed(config.seed, &["learner".into(), "discriminator".into()]));
+        let embedding = Embedding::of(&config);
+        let members = if embedding == Embedding::Separate {
+            let separate = disc_config.init_separate::<NdArray>(
+                config.train.batch_size,
+                m.num_outer,
+                &device,
+                rng::derive_seed(config.seed, &["learner".into(), "separate-discriminator".into()]),
+            );
+            members_from_burn(&separate)
+        } else {
+            Vec::new()
+        };
         let gen_shape = GenShape::new(m.num_outer, m.latent_dims, state_dim, m.generator_hidden, m.generator_layers);
         let phi_shape = PhiShape {
             state: state_dim,
@@ -242,11 +400,7 @@ impl FusedEngine {
         };
         let generator = gen_from_burn(&generator);
         let phi = phi_from_burn(&discriminator);
-        let threads = match config.train.threads {
-            0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
-            t => t,
-        };
-        Ok(Self::from_parts(config, doc, state_dim, gen_shape, phi_shape, generator, phi, threads))
+        Ok(Self::from_parts(config, doc, state_dim, gen_shape, phi_shape, generator, phi, members, threads, collective))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -258,30 +412,50 @@ impl FusedEngine {
         phi_shape: PhiShape,
         generator: GenParams,
         phi: PhiParams,
+        members: Vec<PhiParams>,
         threads: usize,
+        collective: Option<HostCollective>,
     ) -> FusedEngine {
         let m = &config.model;
+        let embedding = Embedding::of(&config);
         let b = config.train.batch_size;
         let num_blocks = b.div_ceil(BLOCK_ROWS);
-        let threads = threads.clamp(1, num_blocks);
-        let (o, i, z, s, e) = (m.num_outer, m.num_inner, m.latent_dims, state_dim, m.embedding_dim);
-        let layers = phi_shape.layers();
-        let blocks = (0..num_blocks)
+        let (rank, size) = collective.as_ref().map_or((0, 1), |c| (c.rank(), c.size()));
+        let mine = replica_blocks(num_blocks, rank, size);
+        let threads = threads.clamp(1, mine.len().max(1));
+        let (o, i, z, s) = (m.num_outer, m.num_inner, m.latent_dims, state_dim);
+        let emb = if embedding == Embedding::Raw { s } else { m.embedding_dim };
+        let grads = |members: usize| Grads {
+            gen: GenParams::zeros(&gen_shape),
+            phi: PhiGrad::zeros(&phi_shape),
+            members: (0..members).map(|_| PhiGrad::zeros(&phi_shape)).collect(),
+            loss: 0.0,
+        };
+        let separate = embedding == Embedding::Separate;
+        let blocks = mine
             .map(|k| {
-                Mutex::new(Block {
-                    rows: k * BLOCK_ROWS..((k + 1) * BLOCK_ROWS).min(b),
-                    grad_gen: GenParams::zeros(&gen_shape),
-                    grad_wbar: [0, 1]
-                        .map(|_| (0..layers).map(|k| vec![0.0; phi_shape.dims(k).0 * phi_shape.dims(k).1]).collect()),
-                    grad_bias: (0..layers).map(|k| vec![0.0; phi_shape.dims(k).1]).collect(),
-                    loss: 0.0,
-                })
+                let rows = k * BLOCK_ROWS..((k + 1) * BLOCK_ROWS).min(b);
+                let n_members = if separate { rows.len() * o } else { 0 };
+                Mutex::new(Block { rows, grads: grads(n_members) })
             })
             .collect();
+        let row_loss = if m.distributional && !m.inner_adaptive_bandwidth {
+            RowLoss::Delta
+        } else {
+            RowLoss::Pairs { gamma: !m.distributional, median: m.inner_adaptive_bandwidth }
+        };
         let workers = (0..threads)
             .map(|_| {
                 let nb = BLOCK_ROWS.min(b);
                 let n = nb * o * i;
+                let member_acts = [0, 1].map(|_| {
+                    if separate {
+                        (0..nb * o).map(|_| PhiActs::new(&phi_shape, i)).collect()
+                    } else {
+                        Vec::new()
+                    }
+                });
+                let shared = embedding == Embedding::Shared;
                 Mutex::new(Worker {
                     z_rows: vec![0.0; n * z],
                     z: vec![0.0; n * z],
@@ -293,15 +467,17 @@ impl FusedEngine {
                     boot: GenActs::new(&gen_shape, nb, i),
                     x: vec![0.0; n * s],
                     y: vec![0.0; n * s],
-                    xe: vec![0.0; n * e],
-                    ye: vec![0.0; n * e],
-                    gxe: vec![0.0; n * e],
-                    gye: vec![0.0; n * e],
+                    xe: vec![0.0; n * emb],
+                    ye: vec![0.0; n * emb],
+                    gxe: vec![0.0; n * emb],
+                    gye: vec![0.0; n * emb],
                     gx_rows: vec![0.0; n * s],
                     gx_atoms: vec![0.0; n * s],
-                    phi_x: PhiActs::new(&phi_shape, n),
-                    phi_y: PhiActs::new(&phi_shape, n),
-                    mmd: MmdScratch::new(o, i, e),
+                    phi_x: if shared { PhiActs::new(&phi_shape, n) } else { PhiActs::default() },
+                    phi_y: if shared { PhiActs::new(&phi_shape, n) } else { PhiActs::default() },
+                    member_acts,
+                    mmd: if row_loss == RowLoss::Delta { MmdScratch::new(o, i, emb) } else { MmdScratch::default() },
+                    pair: if row_loss == RowLoss::Delta { PairScratch::default() } else { PairScratch::new(o, i) },
                 })
             })
             .collect();
@@ -310,7 +486,7 @@ impl FusedEngine {
             biases: phi.biases.iter().map(|b| vec![0.0; b.len()]).collect(),
         };
         let outer = Outer {
-            kernel: FusedKernel::new(&m.outer()).expect("checked by `unsupported`"),
+            kernel: FusedKernel::new(&m.outer()).unwrap_or_else(|| FusedKernel::new(&m.inner()).expect("checked")),
             median: m.outer_bandwidth() == Bandwidth::Median,
             fixed_bandwidth: match m.outer_bandwidth() {
                 Bandwidth::Fixed(h) => h as f32,
@@ -318,9 +494,11 @@ impl FusedEngine {
             },
         };
         let layers = phi_shape.layers();
+        let n_members = members.len();
         FusedEngine {
             inner: FusedKernel::new(&m.inner()).expect("checked by `unsupported`"),
             outer,
+            row_loss,
             sampler: HorizonSampler::new(m.gamma, m.horizon, m.cumulant_is_source_state),
             adam: AdamConfig::new(config.train.learning_rate, config.train.adam_eps),
             draws: Draws::new(config.seed),
@@ -329,13 +507,26 @@ impl FusedEngine {
             workers,
             blocks,
             spectral: [0, 1].map(|_| (0..layers).map(|_| Spectral::default()).collect()),
+            member_spectral: (0..n_members)
+                .map(|_| Mutex::new([0, 1].map(|_| (0..layers).map(|_| Spectral::default()).collect())))
+                .collect(),
             adam_generator: Moments { m1: GenParams::zeros(&gen_shape), m2: GenParams::zeros(&gen_shape), time: 0 },
             adam_phi: Moments { m1: phi_zeros(), m2: phi_zeros(), time: 0 },
+            adam_members: Moments {
+                m1: (0..n_members).map(|_| phi_zeros()).collect(),
+                m2: (0..n_members).map(|_| phi_zeros()).collect(),
+                time: 0,
+            },
+            total: grads(n_members),
             grad_gen: GenParams::zeros(&gen_shape),
             grad_phi: phi_zeros(),
+            collective,
+            flat: Vec::new(),
             target: generator.clone(),
             generator,
             phi,
+            members,
+            embedding,
             gen_shape,
             phi_shape,
             step: 0,
@@ -345,58 +536,73 @@ impl FusedEngine {
         }
     }
 
-    /// Threads the engine runs on.
+    /// Threads this replica runs on.
     pub fn threads(&self) -> usize {
         self.pool.threads()
     }
 
-    /// One iteration: D step, G step, Polyak; returns the loss of each step (before the D step's
-    /// sign flip). A non-finite loss stops before any parameter changes in that step.
+    /// Whether an iteration has a discriminator step (not in the `median` variant).
+    pub fn has_discriminator_step(&self) -> bool {
+        self.embedding != Embedding::Raw
+    }
+
+    /// One iteration: D step (unless there is no discriminator: its loss is then NaN, as the burn
+    /// engine reports it), G step, Polyak; returns the loss of each step (before the D step's sign
+    /// flip). A non-finite loss stops before any parameter changes in that step.
     pub fn iteration(&mut self, mut data: impl WindowSource) -> Result<IterationLosses, TrainError> {
+        let mut batch = std::mem::take(&mut self.batch);
+        let result = (|| {
+            let d = if self.has_discriminator_step() {
+                self.draw(&mut data, Phase::Discriminator, &mut batch)?;
+                self.phase(&batch, Phase::Discriminator)?
+            } else {
+                f64::NAN
+            };
+            self.draw(&mut data, Phase::Generator, &mut batch)?;
+            let g = self.phase(&batch, Phase::Generator)?;
+            self.finish_iteration();
+            Ok(IterationLosses { discriminator: d, generator: g })
+        })();
+        self.batch = batch;
+        result
+    }
+
+    /// Draws the windows of one step of the next iteration into `batch`.
+    pub fn draw<S: WindowSource>(&self, data: &mut S, phase: Phase, batch: &mut WindowBatch) -> Result<(), TrainError> {
         let iteration = self.step + 1;
-        let d = self.phase(&mut data, Phase::Discriminator)?;
-        let g = self.phase(&mut data, Phase::Generator)?;
+        let mut window_rng = self.draws.windows(iteration, phase);
+        let (b, h) = (self.config.train.batch_size, self.config.model.horizon);
+        data.next_batch(&mut window_rng, b, h, batch).map_err(|source| TrainError::Data { iteration, source })
+    }
+
+    /// The end of an iteration: Polyak averaging of the target, the step count.
+    pub fn finish_iteration(&mut self) {
         let tau = self.config.train.target_update;
         for (t, o) in self.target.buffers_mut().zip(self.generator.buffers()) {
             polyak(tau, t, o);
         }
-        self.step = iteration;
-        Ok(IterationLosses { discriminator: d, generator: g })
+        self.step += 1;
     }
 
-    /// One step: windows, spectral norm, every thread's rows, the reduction, Adam.
-    fn phase<S: WindowSource>(&mut self, data: &mut S, phase: Phase) -> Result<f64, TrainError> {
+    /// One step on `batch` (the windows of the whole batch): spectral norm, this replica's blocks
+    /// on its threads, the reduction (over replicas too), Adam. Returns the step's loss.
+    pub fn phase(&mut self, batch: &WindowBatch, phase: Phase) -> Result<f64, TrainError> {
         let iteration = self.step + 1;
-        let m = &self.config.model;
-        let (b, h) = (self.config.train.batch_size, m.horizon);
-        let mut window_rng = self.draws.windows(iteration, phase);
-        data.next_batch(&mut window_rng, b, h, &mut self.batch)
-            .map_err(|source| TrainError::Data { iteration, source })?;
-        // Spectral norm: the D step chains lhs (u → u₁) and rhs (u₁ → u₂); the G step runs one
-        // power iteration for both calls and keeps nothing.
-        let ps = &self.phi_shape;
-        for k in 0..ps.layers() {
-            let (din, dout) = ps.dims(k);
-            let [first, second] = &mut self.spectral;
-            first[k].compute(&self.phi.weights[k], &self.phi.u[k], din, dout);
-            if phase == Phase::Discriminator {
-                second[k].compute(&self.phi.weights[k], &first[k].u_new, din, dout);
-            }
-        }
+        self.spectral_norm(phase);
         {
             // Thread t takes blocks t, t + T, t + 2T, …; which thread computes a block changes nothing.
             let this = &*self;
             let threads = this.workers.len();
             this.pool.run(&|t| {
-                let mut w = this.workers[t].lock().unwrap_or_else(|e| e.into_inner());
+                let mut w = lock(&this.workers[t]);
                 for k in (t..this.blocks.len()).step_by(threads) {
-                    let mut block = this.blocks[k].lock().unwrap_or_else(|e| e.into_inner());
-                    this.rows(&mut w, &mut block, iteration, phase);
+                    let mut block = lock(&this.blocks[k]);
+                    this.rows(batch, &mut w, &mut block, iteration, phase);
                 }
             });
         }
-        tree_sum(&self.blocks, phase);
-        let loss = self.blocks[0].lock().unwrap_or_else(|e| e.into_inner()).loss / b as f64;
+        self.reduce(phase).map_err(|source| TrainError::Collective { iteration, source })?;
+        let loss = self.total.loss / self.config.train.batch_size as f64;
         if !loss.is_finite() {
             let name = if phase == Phase::Discriminator { "discriminator" } else { "generator" };
             return Err(TrainError::NonFinite { iteration, phase: name, value: loss });
@@ -408,49 +614,157 @@ impl FusedEngine {
         Ok(loss)
     }
 
-    /// Takes the summed φ gradients (block 0 after [`tree_sum`]) through σ and steps Adam; then
-    /// keeps the chained u₂.
+    /// The power iterations of this step (they depend on φ's weights only): the D step chains lhs
+    /// (u → u₁) and rhs (u₁ → u₂); the G step runs one for both calls and keeps nothing. The
+    /// separate discriminators' are spread over the threads; every replica computes all of them.
+    fn spectral_norm(&mut self, phase: Phase) {
+        let ps = &self.phi_shape;
+        match self.embedding {
+            Embedding::Raw => {}
+            Embedding::Shared => {
+                for k in 0..ps.layers() {
+                    let (din, dout) = ps.dims(k);
+                    let [first, second] = &mut self.spectral;
+                    first[k].compute(&self.phi.weights[k], &self.phi.u[k], din, dout);
+                    if phase == Phase::Discriminator {
+                        second[k].compute(&self.phi.weights[k], &first[k].u_new, din, dout);
+                    }
+                }
+            }
+            Embedding::Separate => {
+                let this = &*self;
+                let threads = this.pool.threads();
+                this.pool.run(&|t| {
+                    for j in (t..this.members.len()).step_by(threads) {
+                        let mut sp = lock(&this.member_spectral[j]);
+                        let [first, second] = &mut *sp;
+                        let member = &this.members[j];
+                        for k in 0..ps.layers() {
+                            let (din, dout) = ps.dims(k);
+                            first[k].compute(&member.weights[k], &member.u[k], din, dout);
+                            if phase == Phase::Discriminator {
+                                second[k].compute(&member.weights[k], &first[k].u_new, din, dout);
+                            }
+                        }
+                    }
+                });
+            }
+        }
+    }
+
+    /// Sums this replica's blocks into `total` by the tree, then across replicas.
+    fn reduce(&mut self, phase: Phase) -> Result<()> {
+        tree_sum(&self.blocks, phase);
+        let embedding = self.embedding;
+        let total = &mut self.total;
+        for buf in total.phase_buffers_mut(phase, embedding) {
+            buf.fill(0.0);
+        }
+        total.loss = 0.0;
+        if let Some(first) = self.blocks.first() {
+            let first = lock(first);
+            let summed: Vec<&Vec<f32>> = match phase {
+                Phase::Generator => first.grads.gen.buffers().collect(),
+                Phase::Discriminator if embedding == Embedding::Shared => first.grads.phi.buffers().collect(),
+                Phase::Discriminator => Vec::new(),
+            };
+            let targets: Vec<&mut Vec<f32>> = match phase {
+                Phase::Generator => total.gen.buffers_mut().collect(),
+                Phase::Discriminator if embedding == Embedding::Shared => total.phi.buffers_mut().collect(),
+                Phase::Discriminator => Vec::new(),
+            };
+            for (t, s) in targets.into_iter().zip(summed) {
+                t.copy_from_slice(s);
+            }
+            total.loss = first.grads.loss;
+        }
+        if phase == Phase::Discriminator && embedding == Embedding::Separate {
+            let o = self.config.model.num_outer;
+            for block in &self.blocks {
+                let block = lock(block);
+                for (j, g) in block.grads.members.iter().enumerate() {
+                    total.members[block.rows.start * o + j].clone_from(g);
+                }
+            }
+        }
+        let Some(collective) = &self.collective else { return Ok(()) };
+        // Pack, sum over replicas, unpack; the loss travels as two f32 (its value and the rest).
+        let flat = &mut self.flat;
+        flat.clear();
+        let local_loss = total.loss;
+        let mut buffers = total.phase_buffers_mut(phase, embedding);
+        for b in &buffers {
+            flat.extend_from_slice(b);
+        }
+        let hi = local_loss as f32;
+        flat.push(hi);
+        flat.push((local_loss - f64::from(hi)) as f32);
+        collective.all_reduce_sum(flat)?;
+        let mut at = 0;
+        for b in &mut buffers {
+            let n = b.len();
+            b.copy_from_slice(&flat[at..at + n]);
+            at += n;
+        }
+        drop(buffers);
+        total.loss = f64::from(flat[at]) + f64::from(flat[at + 1]);
+        Ok(())
+    }
+
+    /// Takes the summed φ gradients through σ and steps Adam; then keeps the chained u₂.
     fn apply_discriminator(&mut self) {
         let ps = &self.phi_shape;
-        let total = self.blocks[0].lock().unwrap_or_else(|e| e.into_inner());
-        for k in 0..ps.layers() {
-            let (din, dout) = ps.dims(k);
-            let gw = &mut self.grad_phi.weights[k];
-            gw.fill(0.0);
-            for call in 0..2 {
-                // ∂L/∂W̄ of this call, through this call's σ.
-                self.spectral[call][k].backward(&total.grad_wbar[call][k], din, dout, gw);
+        let layers = ps.layers();
+        let adam = self.adam;
+        // ∂L/∂W of one φ from its ∂L/∂W̄ of both calls, through each call's σ.
+        #[allow(clippy::needless_range_loop)]
+        let through_sigma = |spectral: &[Vec<Spectral>; 2], g: &PhiGrad, out: &mut PhiMoments| {
+            for k in 0..layers {
+                let (din, dout) = ps.dims(k);
+                out.weights[k].fill(0.0);
+                for call in 0..2 {
+                    spectral[call][k].backward(&g.wbar[call][k], din, dout, &mut out.weights[k]);
+                }
+                out.biases[k].copy_from_slice(&g.bias[k]);
             }
-            self.grad_phi.biases[k].copy_from_slice(&total.grad_bias[k]);
-        }
-        drop(total);
-        let mo = &mut self.adam_phi;
-        mo.time += 1;
-        for k in 0..ps.layers() {
-            self.adam.step(
-                mo.time,
-                &mut self.phi.weights[k],
-                &self.grad_phi.weights[k],
-                &mut mo.m1.weights[k],
-                &mut mo.m2.weights[k],
-            );
-            self.adam.step(
-                mo.time,
-                &mut self.phi.biases[k],
-                &self.grad_phi.biases[k],
-                &mut mo.m1.biases[k],
-                &mut mo.m2.biases[k],
-            );
-            self.phi.u[k].copy_from_slice(&self.spectral[1][k].u_new);
+        };
+        let step = |time: u64, phi: &mut PhiParams, grad: &PhiMoments, m1: &mut PhiMoments, m2: &mut PhiMoments| {
+            for k in 0..layers {
+                adam.step(time, &mut phi.weights[k], &grad.weights[k], &mut m1.weights[k], &mut m2.weights[k]);
+                adam.step(time, &mut phi.biases[k], &grad.biases[k], &mut m1.biases[k], &mut m2.biases[k]);
+            }
+        };
+        match self.embedding {
+            Embedding::Raw => {}
+            Embedding::Shared => {
+                through_sigma(&self.spectral, &self.total.phi, &mut self.grad_phi);
+                let mo = &mut self.adam_phi;
+                mo.time += 1;
+                step(mo.time, &mut self.phi, &self.grad_phi, &mut mo.m1, &mut mo.m2);
+                for k in 0..layers {
+                    self.phi.u[k].copy_from_slice(&self.spectral[1][k].u_new);
+                }
+            }
+            Embedding::Separate => {
+                let mo = &mut self.adam_members;
+                mo.time += 1;
+                for j in 0..self.members.len() {
+                    let sp = lock(&self.member_spectral[j]);
+                    through_sigma(&sp, &self.total.members[j], &mut self.grad_phi);
+                    let member = &mut self.members[j];
+                    step(mo.time, member, &self.grad_phi, &mut mo.m1[j], &mut mo.m2[j]);
+                    for k in 0..layers {
+                        member.u[k].copy_from_slice(&sp[1][k].u_new);
+                    }
+                }
+            }
         }
     }
 
     fn apply_generator(&mut self) {
-        let total = self.blocks[0].lock().unwrap_or_else(|e| e.into_inner());
-        for (a, g) in self.grad_gen.buffers_mut().zip(total.grad_gen.buffers()) {
+        for (a, g) in self.grad_gen.buffers_mut().zip(self.total.gen.buffers()) {
             a.copy_from_slice(g);
         }
-        drop(total);
         let mo = &mut self.adam_generator;
         mo.time += 1;
         let params = self.generator.buffers_mut().zip(self.grad_gen.buffers());
@@ -461,15 +775,16 @@ impl FusedEngine {
 
     /// The whole forward and backward pass of one block of rows, on one thread's buffers; the
     /// block's gradients and loss are overwritten.
-    fn rows(&self, w: &mut Worker, blk: &mut Block, iteration: u64, phase: Phase) {
+    fn rows(&self, batch: &WindowBatch, w: &mut Worker, blk: &mut Block, iteration: u64, phase: Phase) {
         let m = &self.config.model;
-        let (o, i, zd, s, e, h) = (m.num_outer, m.num_inner, m.latent_dims, self.state_dim, m.embedding_dim, m.horizon);
+        let (o, i, zd, s, h) = (m.num_outer, m.num_inner, m.latent_dims, self.state_dim, m.horizon);
+        let e = if self.embedding == Embedding::Raw { s } else { m.embedding_dim };
         let rows = blk.rows.clone();
         let nb = rows.len();
         let (per_row, n) = (o * i, nb * o * i);
         let h1 = h + 1;
-        let obs = &self.batch.observations[rows.start * h1 * s..rows.end * h1 * s];
-        let types = &self.batch.step_types[rows.start * h1..rows.end * h1];
+        let obs = &batch.observations[rows.start * h1 * s..rows.end * h1 * s];
+        let types = &batch.step_types[rows.start * h1..rows.end * h1];
         for r in 0..nb {
             w.s0[r * s..(r + 1) * s].copy_from_slice(&obs[r * h1 * s..r * h1 * s + s]);
             w.sh[r * s..(r + 1) * s].copy_from_slice(&obs[(r * h1 + h) * s..(r * h1 + h + 1) * s]);
@@ -517,15 +832,29 @@ impl FusedEngine {
                 w.x[(r * o + a) * i * s..(r * o + a + 1) * i * s].copy_from_slice(src);
             }
         }
-        // φ on both sides.
+        // The embeddings: φ's (shared or per member) on both sides, or the states themselves.
         let layers = self.phi_shape.layers();
-        let call = |c: usize| -> Vec<&[f32]> {
-            let c = if phase == Phase::Discriminator { c } else { 0 };
-            (0..layers).map(|k| self.spectral[c][k].w_bar.as_slice()).collect()
-        };
-        let (wx, wy) = (call(0), call(1));
-        phi_forward(&self.phi_shape, &wx, &self.phi.biases, &w.x, n, &mut w.phi_x, &mut w.xe);
-        phi_forward(&self.phi_shape, &wy, &self.phi.biases, &w.y, n, &mut w.phi_y, &mut w.ye);
+        let (wx, wy) = (w_bars(&self.spectral, 0, phase, layers), w_bars(&self.spectral, 1, phase, layers));
+        let pi = i * s;
+        match self.embedding {
+            Embedding::Raw => {}
+            Embedding::Shared => {
+                phi_forward(&self.phi_shape, &wx, &self.phi.biases, &w.x, n, &mut w.phi_x, &mut w.xe);
+                phi_forward(&self.phi_shape, &wy, &self.phi.biases, &w.y, n, &mut w.phi_y, &mut w.ye);
+            }
+            Embedding::Separate => {
+                for lm in 0..nb * o {
+                    let member = rows.start * o + lm;
+                    let sp = lock(&self.member_spectral[member]);
+                    let (mx, my) = (w_bars(&sp, 0, phase, layers), w_bars(&sp, 1, phase, layers));
+                    let biases = &self.members[member].biases;
+                    let [ax, ay] = &mut w.member_acts;
+                    let (xs, ys) = (&w.x[lm * pi..(lm + 1) * pi], &w.y[lm * pi..(lm + 1) * pi]);
+                    phi_forward(&self.phi_shape, &mx, biases, xs, i, &mut ax[lm], &mut w.xe[lm * i * e..]);
+                    phi_forward(&self.phi_shape, &my, biases, ys, i, &mut ay[lm], &mut w.ye[lm * i * e..]);
+                }
+            }
+        }
         // The loss of each row and its gradient (the D step ascends: scale −1/B).
         let bsz = self.config.train.batch_size as f32;
         let (scale, needs) = match phase {
@@ -534,79 +863,91 @@ impl FusedEngine {
         };
         let shape = RowShape { o, i, e };
         let pe = per_row * e;
+        let (xe_all, ye_all): (&[f32], &[f32]) =
+            if self.embedding == Embedding::Raw { (&w.x, &w.y) } else { (&w.xe, &w.ye) };
         let mut loss = 0.0f64;
         for r in 0..nb {
+            let (xe, ye) = (&xe_all[r * pe..(r + 1) * pe], &ye_all[r * pe..(r + 1) * pe]);
             let (gx, gy) = (&mut w.gxe[r * pe..(r + 1) * pe], &mut w.gye[r * pe..(r + 1) * pe]);
-            let l = delta_row(
-                &w.xe[r * pe..(r + 1) * pe],
-                &w.ye[r * pe..(r + 1) * pe],
-                shape,
-                &self.inner,
-                &self.outer,
-                scale,
-                needs,
-                gx,
-                gy,
-                &mut w.mmd,
-            );
+            let l = match self.row_loss {
+                RowLoss::Delta => delta_row(xe, ye, shape, &self.inner, &self.outer, scale, needs, gx, gy, &mut w.mmd),
+                RowLoss::Pairs { gamma, median } => {
+                    let loss = if gamma { PairLoss::Gamma } else { PairLoss::Delta(&self.outer) };
+                    pair_row(xe, ye, shape, &self.inner, median, loss, scale, needs, gx, gy, &mut w.pair)
+                }
+            };
             loss += f64::from(l);
         }
-        blk.loss = loss;
+        blk.grads.loss = loss;
         match phase {
-            Phase::Discriminator => {
-                let [gx_w, gy_w] = &mut blk.grad_wbar;
-                for g in gx_w.iter_mut().chain(gy_w.iter_mut()).chain(blk.grad_bias.iter_mut()) {
-                    g.fill(0.0);
+            Phase::Discriminator => match self.embedding {
+                Embedding::Raw => unreachable!("no discriminator step without a discriminator"),
+                Embedding::Shared => {
+                    let g = &mut blk.grads.phi;
+                    for b in g.buffers_mut() {
+                        b.fill(0.0);
+                    }
+                    let [gx_w, gy_w] = &mut g.wbar;
+                    let (phi_x, phi_y) = (&mut w.phi_x, &mut w.phi_y);
+                    phi_backward(&self.phi_shape, &wx, &w.x, n, phi_x, &w.gxe, Some((gx_w, &mut g.bias)), None);
+                    phi_backward(&self.phi_shape, &wy, &w.y, n, phi_y, &w.gye, Some((gy_w, &mut g.bias)), None);
                 }
-                phi_backward(
-                    &self.phi_shape,
-                    &wx,
-                    &w.x,
-                    n,
-                    &mut w.phi_x,
-                    &w.gxe,
-                    Some((gx_w, &mut blk.grad_bias)),
-                    None,
-                );
-                phi_backward(
-                    &self.phi_shape,
-                    &wy,
-                    &w.y,
-                    n,
-                    &mut w.phi_y,
-                    &w.gye,
-                    Some((gy_w, &mut blk.grad_bias)),
-                    None,
-                );
-            }
+                Embedding::Separate => {
+                    for lm in 0..nb * o {
+                        let member = rows.start * o + lm;
+                        let sp = lock(&self.member_spectral[member]);
+                        let (mx, my) = (w_bars(&sp, 0, phase, layers), w_bars(&sp, 1, phase, layers));
+                        let g = &mut blk.grads.members[lm];
+                        for b in g.buffers_mut() {
+                            b.fill(0.0);
+                        }
+                        let [gx_w, gy_w] = &mut g.wbar;
+                        let [ax, ay] = &mut w.member_acts;
+                        let (xs, ys) = (&w.x[lm * pi..(lm + 1) * pi], &w.y[lm * pi..(lm + 1) * pi]);
+                        let (gxs, gys) = (&w.gxe[lm * i * e..(lm + 1) * i * e], &w.gye[lm * i * e..(lm + 1) * i * e]);
+                        phi_backward(&self.phi_shape, &mx, xs, i, &mut ax[lm], gxs, Some((gx_w, &mut g.bias)), None);
+                        phi_backward(&self.phi_shape, &my, ys, i, &mut ay[lm], gys, Some((gy_w, &mut g.bias)), None);
+                    }
+                }
+            },
             Phase::Generator => {
-                phi_backward(&self.phi_shape, &wx, &w.x, n, &mut w.phi_x, &w.gxe, None, Some(&mut w.gx_rows));
+                // ∂L/∂X [rows, O, I, S], then atom-major for the generator.
+                match self.embedding {
+                    Embedding::Raw => w.gx_rows[..n * s].copy_from_slice(&w.gxe[..n * s]),
+                    Embedding::Shared => {
+                        let gx = Some(&mut w.gx_rows[..]);
+                        phi_backward(&self.phi_shape, &wx, &w.x, n, &mut w.phi_x, &w.gxe, None, gx);
+                    }
+                    Embedding::Separate => {
+                        for lm in 0..nb * o {
+                            let member = rows.start * o + lm;
+                            let sp = lock(&self.member_spectral[member]);
+                            let mx = w_bars(&sp, 0, phase, layers);
+                            let xs = &w.x[lm * pi..(lm + 1) * pi];
+                            let gxs = &w.gxe[lm * i * e..(lm + 1) * i * e];
+                            let gx = Some(&mut w.gx_rows[lm * pi..(lm + 1) * pi]);
+                            phi_backward(&self.phi_shape, &mx, xs, i, &mut w.member_acts[0][lm], gxs, None, gx);
+                        }
+                    }
+                }
                 for r in 0..nb {
                     for a in 0..o {
                         let src = &w.gx_rows[(r * o + a) * i * s..(r * o + a + 1) * i * s];
                         w.gx_atoms[(a * nb + r) * i * s..(a * nb + r + 1) * i * s].copy_from_slice(src);
                     }
                 }
-                for g in blk.grad_gen.buffers_mut() {
-                    g.fill(0.0);
+                let g = &mut blk.grads.gen;
+                for b in g.buffers_mut() {
+                    b.fill(0.0);
                 }
-                gen_backward(
-                    &self.gen_shape,
-                    &self.generator,
-                    &w.z,
-                    &w.s0,
-                    nb,
-                    i,
-                    &mut w.online,
-                    &w.gx_atoms,
-                    &mut blk.grad_gen,
-                );
+                gen_backward(&self.gen_shape, &self.generator, &w.z, &w.s0, nb, i, &mut w.online, &w.gx_atoms, g);
             }
         }
     }
 
     /// Every parameter, target parameter, Adam moment and spectral-norm vector as a named array
-    /// (checkpoint format v2).
+    /// (checkpoint format v2). The separate discriminators' are stacked along a leading member
+    /// axis, `separate_discriminator.{k}.weight` `[B·O, in, out]`, as the burn module holds them.
     pub fn to_arrays(&self) -> Vec<Array> {
         let gs = &self.gen_shape;
         let mut out = Vec::new();
@@ -636,19 +977,48 @@ impl FusedEngine {
                 out.push(Array::new(format!("adam.discriminator.{name}.{k}.bias"), vec![o], mo.biases[k].clone()));
             }
         }
+        let mm = self.members.len();
+        if mm > 0 {
+            let stack = |f: &dyn Fn(usize) -> Vec<f32>| -> Vec<f32> { (0..mm).flat_map(f).collect() };
+            for k in 0..ps.layers() {
+                let (i, o) = ps.dims(k);
+                let sd = "separate_discriminator";
+                out.push(Array::new(
+                    format!("{sd}.{k}.weight"),
+                    vec![mm, i, o],
+                    stack(&|j| self.members[j].weights[k].clone()),
+                ));
+                out.push(Array::new(
+                    format!("{sd}.{k}.bias"),
+                    vec![mm, o],
+                    stack(&|j| self.members[j].biases[k].clone()),
+                ));
+                out.push(Array::new(format!("{sd}.{k}.u"), vec![mm, o], stack(&|j| self.members[j].u[k].clone())));
+                for (name, mo) in [("m1", &self.adam_members.m1), ("m2", &self.adam_members.m2)] {
+                    let w = stack(&|j| mo[j].weights[k].clone());
+                    out.push(Array::new(format!("adam.{sd}.{name}.{k}.weight"), vec![mm, i, o], w));
+                    let b = stack(&|j| mo[j].biases[k].clone());
+                    out.push(Array::new(format!("adam.{sd}.{name}.{k}.bias"), vec![mm, o], b));
+                }
+            }
+        }
         out
     }
 
     /// The engine's part of `state.json`.
     pub fn state_json(&self) -> serde_json::Value {
-        serde_json::json!({
+        let mut state = serde_json::json!({
             "engine": "fused",
             "step": self.step,
             "rng_counter": self.step,
             "state_dim": self.state_dim,
             "adam_generator_time": self.adam_generator.time,
             "adam_discriminator_time": self.adam_phi.time,
-        })
+        });
+        if !self.members.is_empty() {
+            state["adam_separate_discriminator_time"] = self.adam_members.time.into();
+        }
+        state
     }
 
     /// Loads a verified v2 checkpoint into this engine (shapes must match this model).
@@ -680,9 +1050,47 @@ impl FusedEngine {
             self.adam_phi.m2.weights[k] = c.take(&format!("adam.discriminator.m2.{k}.weight"), i * o)?;
             self.adam_phi.m2.biases[k] = c.take(&format!("adam.discriminator.m2.{k}.bias"), o)?;
         }
+        let mm = self.members.len();
+        if mm > 0 {
+            let sd = "separate_discriminator";
+            for k in 0..self.phi_shape.layers() {
+                let (i, o) = self.phi_shape.dims(k);
+                let mut unstack = |name: String, per: usize, dst: &mut dyn FnMut(usize, &[f32])| -> Result<()> {
+                    let all = c.take(&name, mm * per)?;
+                    for (j, chunk) in all.chunks_exact(per).enumerate() {
+                        dst(j, chunk);
+                    }
+                    Ok(())
+                };
+                let members = &mut self.members;
+                unstack(format!("{sd}.{k}.weight"), i * o, &mut |j, v| members[j].weights[k].copy_from_slice(v))?;
+                unstack(format!("{sd}.{k}.bias"), o, &mut |j, v| members[j].biases[k].copy_from_slice(v))?;
+                unstack(format!("{sd}.{k}.u"), o, &mut |j, v| members[j].u[k].copy_from_slice(v))?;
+                for (name, mo) in [("m1", &mut self.adam_members.m1), ("m2", &mut self.adam_members.m2)] {
+                    unstack(format!("adam.{sd}.{name}.{k}.weight"), i * o, &mut |j, v| {
+                        mo[j].weights[k].copy_from_slice(v)
+                    })?;
+                    unstack(format!("adam.{sd}.{name}.{k}.bias"), o, &mut |j, v| mo[j].biases[k].copy_from_slice(v))?;
+                }
+            }
+            self.adam_members.time = c.state_u64("adam_separate_discriminator_time")?;
+        }
         self.adam_generator.time = c.state_u64("adam_generator_time")?;
         self.adam_phi.time = c.state_u64("adam_discriminator_time")?;
         self.step = c.state_u64("step")?;
         Ok(())
+    }
+
+    /// Copies the training state (parameters, target, u, Adam, step) from an engine of the same
+    /// model: how the replicas of a group start equal after one of them loads a checkpoint.
+    pub fn copy_state_from(&mut self, from: &FusedEngine) {
+        self.generator.clone_from(&from.generator);
+        self.target.clone_from(&from.target);
+        self.phi.clone_from(&from.phi);
+        self.members.clone_from(&from.members);
+        self.adam_generator.clone_from(&from.adam_generator);
+        self.adam_phi.clone_from(&from.adam_phi);
+        self.adam_members.clone_from(&from.adam_members);
+        self.step = from.step;
     }
 }

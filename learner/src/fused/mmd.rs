@@ -63,19 +63,39 @@ pub struct MmdScratch {
     sxx: Vec<f32>,
     syy: Vec<f32>,
     sxy: Vec<f32>,
-    /// Inner distances (clipped), then the outer kernel's arguments, values and derivatives, and
-    /// the gradients of the loss with respect to the distances: `[3][O][O]`.
-    d: Vec<f32>,
-    u: Vec<f32>,
-    ko: Vec<f32>,
-    dko: Vec<f32>,
-    g: Vec<f32>,
+    outer: OuterScratch,
     /// Per-block weights, `[O][O]`.
     wxx: Vec<f32>,
     wyy: Vec<f32>,
     wxy: Vec<f32>,
-    values: Vec<f32>,
     colsum: Vec<f32>,
+}
+
+/// The outer level's buffers: the inner distances (clipped), then the outer kernel's arguments,
+/// values and derivatives, and the gradients of the loss with respect to the distances, each
+/// `[3][O][O]` (xx, yy, xy).
+#[derive(Debug, Clone, Default)]
+pub struct OuterScratch {
+    pub d: Vec<f32>,
+    u: Vec<f32>,
+    ko: Vec<f32>,
+    dko: Vec<f32>,
+    pub g: Vec<f32>,
+    values: Vec<f32>,
+}
+
+impl OuterScratch {
+    pub fn new(o: usize) -> OuterScratch {
+        let oo = o * o;
+        OuterScratch {
+            d: vec![0.0; 3 * oo],
+            u: vec![0.0; 3 * oo],
+            ko: vec![0.0; 3 * oo],
+            dko: vec![0.0; 3 * oo],
+            g: vec![0.0; 3 * oo],
+            values: Vec::with_capacity(3 * oo),
+        }
+    }
 }
 
 impl MmdScratch {
@@ -93,15 +113,10 @@ impl MmdScratch {
             sxx: vec![0.0; oo],
             syy: vec![0.0; oo],
             sxy: vec![0.0; oo],
-            d: vec![0.0; 3 * oo],
-            u: vec![0.0; 3 * oo],
-            ko: vec![0.0; 3 * oo],
-            dko: vec![0.0; 3 * oo],
-            g: vec![0.0; 3 * oo],
+            outer: OuterScratch::new(o),
             wxx: vec![0.0; oo],
             wyy: vec![0.0; oo],
             wxy: vec![0.0; oo],
-            values: Vec::with_capacity(3 * oo),
             colsum: vec![0.0; p],
         }
     }
@@ -160,7 +175,7 @@ unsafe fn delta_row_avx2(
     delta_row_impl(xe, ye, shape, inner, outer, scale, needs, gx, gy, s)
 }
 
-fn transpose_in(src: &[f32], p: usize, e: usize, dst: &mut Vec<f32>) {
+pub(super) fn transpose_in(src: &[f32], p: usize, e: usize, dst: &mut Vec<f32>) {
     dst.resize(p * e, 0.0);
     for q in 0..p {
         for k in 0..e {
@@ -171,7 +186,7 @@ fn transpose_in(src: &[f32], p: usize, e: usize, dst: &mut Vec<f32>) {
 
 /// `dist[j] = Σ_e (cols[e][p] − cols2[e][lo + j])²` for j in 0..len, the transposed layouts `[E][P]`.
 #[inline(always)]
-fn distances(t: &[f32], p: usize, other: &[f32], lo: usize, p_all: usize, e: usize, dist: &mut [f32]) {
+pub(super) fn distances(t: &[f32], p: usize, other: &[f32], lo: usize, p_all: usize, e: usize, dist: &mut [f32]) {
     let len = p_all - lo;
     let dist = &mut dist[..len];
     dist.fill(0.0);
@@ -213,7 +228,7 @@ fn block_sums_self(kval: &[f32], sh: RowShape, sums: &mut [f32]) {
 /// Four rows of W at a time: each `b_q` is loaded once for four accumulators, and the four
 /// dependency chains overlap (a single chain of P adds would be latency-bound).
 #[inline(always)]
-fn pull_rows(w: &[f32], a: &[f32], b: &[f32], p_all: usize, e: usize, out: &mut [f32]) {
+pub(super) fn pull_rows(w: &[f32], a: &[f32], b: &[f32], p_all: usize, e: usize, out: &mut [f32]) {
     // The usual embedding widths get a copy with E known, so the accumulators stay in registers.
     match e {
         8 => pull_rows_e::<8>(w, a, b, p_all, e, out),
@@ -260,7 +275,7 @@ fn pull_rows_e<const E: usize>(w: &[f32], a: &[f32], b: &[f32], p_all: usize, e:
 /// The b side of the same sum: `out[q] += cs_q·b_q − Σ_p w[p][q]·a_p`, `cs_q = Σ_p w[p][q]`, walking
 /// W row by row so that memory is read in order.
 #[inline(always)]
-fn pull_cols(w: &[f32], a: &[f32], b: &[f32], p_all: usize, e: usize, cs: &mut [f32], out: &mut [f32]) {
+pub(super) fn pull_cols(w: &[f32], a: &[f32], b: &[f32], p_all: usize, e: usize, cs: &mut [f32], out: &mut [f32]) {
     match e {
         8 => pull_cols_e::<8>(w, a, b, p_all, e, cs, out),
         16 => pull_cols_e::<16>(w, a, b, p_all, e, cs, out),
@@ -368,55 +383,21 @@ fn delta_row_impl(
     let clip = |v: f32| if v < 0.0 { 0.0 } else { v };
     for a in 0..o {
         for b in 0..o {
-            s.d[a * o + b] = clip(raw(&s.sxx, a, b));
-            s.d[oo + a * o + b] = clip(raw(&s.syy, a, b));
+            s.outer.d[a * o + b] = clip(raw(&s.sxx, a, b));
+            s.outer.d[oo + a * o + b] = clip(raw(&s.syy, a, b));
             let dxy = self_term(&s.sxx, a) + self_term(&s.syy, b) - 2.0 * s.sxy[a * o + b] / ii;
-            s.d[2 * oo + a * o + b] = clip(dxy);
+            s.outer.d[2 * oo + a * o + b] = clip(dxy);
         }
     }
-    // 3. The outer bandwidth.
-    let h = if outer.median {
-        s.values.clear();
-        for a in 0..o {
-            for b in 0..o {
-                if a != b {
-                    s.values.push(s.d[a * o + b]);
-                    s.values.push(s.d[oo + a * o + b]);
-                }
-            }
-        }
-        s.values.extend_from_slice(&s.d[2 * oo..3 * oo]);
-        let m = median(&mut s.values);
-        if m < MIN_BANDWIDTH as f32 {
-            MIN_BANDWIDTH as f32
-        } else {
-            m
-        }
-    } else {
-        outer.fixed_bandwidth
-    };
-    // 4. The outer V-statistic, and the gradient of L_b with respect to each clipped distance.
-    let inv_h = 1.0 / h;
-    for (u, d) in s.u.iter_mut().zip(&s.d) {
-        *u = d / h;
-    }
-    outer.kernel.eval(&s.u, &mut s.ko, &mut s.dko);
-    let inv_oo = 1.0 / oo as f32;
-    let mut terms = [0.0f32; 3];
-    for (m, sign) in [(0usize, 1.0f32), (1, 1.0), (2, -2.0)] {
-        let coef = scale * sign * inv_oo * inv_h;
-        for ab in m * oo..(m + 1) * oo {
-            terms[m] += s.ko[ab];
-            s.g[ab] = if s.d[ab] > 0.0 { coef * s.dko[ab] } else { 0.0 };
-        }
-    }
-    let loss = (terms[0] + terms[1] - 2.0 * terms[2]) * inv_oo;
+    // 3–4. The outer bandwidth and V-statistic.
+    let loss = outer_level(&mut s.outer, o, outer, scale);
     if !grad {
         return loss;
     }
 
     // Backward to the block means, then to per-block weights w (∂L/∂k of one unordered pair).
-    let (gxx, gyy, gxy) = (&s.g[..oo], &s.g[oo..2 * oo], &s.g[2 * oo..]);
+    let g = &s.outer.g;
+    let (gxx, gyy, gxy) = (&g[..oo], &g[oo..2 * oo], &g[2 * oo..]);
     for (gm, w, side) in [(gxx, &mut s.wxx, 0), (gyy, &mut s.wyy, 1)] {
         for a in 0..o {
             // ∂L/∂s(a): from this matrix's row and column a, the diagonal's 2/I, and the cross matrix.
@@ -480,6 +461,50 @@ fn delta_row_impl(
         pull_cols(wf, xe, ye, p_all, e, &mut s.colsum, gy);
     }
     loss
+}
+
+/// Steps 3 and 4 of the loss of one row, on the clipped inner distances in `s.d`: the outer
+/// bandwidth (the median of the 2·O(O−1) + O² values, floored at 1e-6, or the fixed one), the
+/// outer V-statistic L_b (returned), and `scale · ∂L_b/∂D` into `s.g` (0 where D was clipped).
+#[inline(always)]
+pub(super) fn outer_level(s: &mut OuterScratch, o: usize, outer: &Outer, scale: f32) -> f32 {
+    let oo = o * o;
+    let h = if outer.median {
+        s.values.clear();
+        for a in 0..o {
+            for b in 0..o {
+                if a != b {
+                    s.values.push(s.d[a * o + b]);
+                    s.values.push(s.d[oo + a * o + b]);
+                }
+            }
+        }
+        s.values.extend_from_slice(&s.d[2 * oo..3 * oo]);
+        let m = median(&mut s.values);
+        if m < MIN_BANDWIDTH as f32 {
+            MIN_BANDWIDTH as f32
+        } else {
+            m
+        }
+    } else {
+        outer.fixed_bandwidth
+    };
+    // 4. The outer V-statistic, and the gradient of L_b with respect to each clipped distance.
+    let inv_h = 1.0 / h;
+    for (u, d) in s.u.iter_mut().zip(&s.d) {
+        *u = d / h;
+    }
+    outer.kernel.eval(&s.u, &mut s.ko, &mut s.dko);
+    let inv_oo = 1.0 / oo as f32;
+    let mut terms = [0.0f32; 3];
+    for (m, sign) in [(0usize, 1.0f32), (1, 1.0), (2, -2.0)] {
+        let coef = scale * sign * inv_oo * inv_h;
+        for ab in m * oo..(m + 1) * oo {
+            terms[m] += s.ko[ab];
+            s.g[ab] = if s.d[ab] > 0.0 { coef * s.dko[ab] } else { 0.0 };
+        }
+    }
+    (terms[0] + terms[1] - 2.0 * terms[2]) * inv_oo
 }
 
 /// The median of `values` (reordered), the mean of the two middle values for an even count.

@@ -159,10 +159,5 @@ pub fn load_v1_into_fused(f: &mut FusedEngine, dir: &std::path::Path) -> Result<
 
 /// Copies the training state (parameters, target, u, Adam, step) between fused engines of one model.
 pub fn copy_state(from: &FusedEngine, to: &mut FusedEngine) {
-    to.generator.clone_from(&from.generator);
-    to.target.clone_from(&from.target);
-    to.phi.clone_from(&from.phi);
-    to.adam_generator.clone_from(&from.adam_generator);
-    to.adam_phi.clone_from(&from.adam_phi);
-    to.step = from.step;
+    to.copy_state_from(from);
 }

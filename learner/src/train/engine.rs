@@ -1,9 +1,12 @@
 //! The engine a run computes its iterations with, behind one type: the fused engine
-//! (`crate::fused`, the default) or the burn engine ([`Trainer`], the reference).
+//! (`crate::fused`, the default, as one or more exact data-parallel replicas) or the burn engine
+//! ([`Trainer`], the reference).
 //!
-//! `train.engine = "fused"` selects the fused engine when it covers the config's variant; otherwise
-//! the run stays on burn and [`Engine::new`] says why in one line. The fused engine writes
-//! checkpoint format v2; the burn engine writes its v1 records.
+//! `train.engine = "fused"` selects the fused engine when it covers the config (every variant of
+//! the paper and the thesis; not the energy kernel); otherwise the run stays on burn and
+//! [`Engine::new`] says why in one line. Both engines write checkpoint format v2 for every variant
+//! but one: the burn engine writes its own v1 records for the separate discriminators of the
+//! γ-model / SR, whose Adam state is not moved between the engines.
 
 use std::path::Path;
 
@@ -13,35 +16,52 @@ use burn::tensor::backend::AutodiffBackend;
 use common::config::ConfigDoc;
 
 use crate::config::LearnerConfig;
-use crate::fused::engine::{unsupported, FusedEngine};
+use crate::fused::engine::unsupported;
+use crate::fused::replicas::Replicas;
 use crate::train::dataset::WindowSource;
 use crate::train::trainer::{IterationLosses, TrainError, Trainer};
 use crate::train::{checkpoint_v2, cross_engine};
 
 pub enum Engine<B: AutodiffBackend> {
-    Fused(Box<FusedEngine>),
+    Fused(Box<Replicas>),
     Burn(Box<Trainer<B>>),
 }
 
+/// Whether the burn engine's state of this config can be moved to the fused engine and back.
+fn crosses(config: &LearnerConfig) -> bool {
+    unsupported(config).is_none() && !config.model.inner_separate_discriminator
+}
+
 impl<B: AutodiffBackend> Engine<B> {
-    /// The engine `train.engine` asks for, or burn with a note on stderr when the fused engine
-    /// does not cover the variant.
+    /// The engine `train.engine` asks for (the fused one with `train.replicas` replicas), or burn
+    /// with a note on stderr when the fused engine does not cover the config.
     pub fn new(config: LearnerConfig, doc: ConfigDoc, state_dim: usize, device: B::Device) -> Result<Engine<B>> {
         if config.train.engine == "fused" {
             match unsupported(&config) {
-                None => return Ok(Engine::Fused(Box::new(FusedEngine::new(config, doc, state_dim)?))),
-                Some(why) => {
-                    eprintln!("note: the fused engine does not cover {why} yet; this run uses the burn engine")
+                None => {
+                    let replicas = config.train.replicas;
+                    return Ok(Engine::Fused(Box::new(Replicas::new(config, doc, state_dim, replicas)?)));
                 }
+                Some(why) if config.train.replicas > 1 => {
+                    bail!(
+                        "train.replicas = {} needs the fused engine, which does not cover {why}",
+                        config.train.replicas
+                    )
+                }
+                Some(why) => eprintln!("note: the fused engine does not cover {why}; this run uses the burn engine"),
             }
         }
         Ok(Engine::Burn(Box::new(Trainer::new(config, doc, state_dim, device))))
     }
 
-    /// "fused, 2 threads" or "burn".
+    /// "fused engine, 2 threads", "fused engine, 2 replicas × 1 thread" or "burn engine".
     pub fn describe(&self) -> String {
         match self {
-            Engine::Fused(f) => format!("fused engine, {} threads", f.threads()),
+            Engine::Fused(f) if f.replicas() == 1 => format!("fused engine, {} threads", f.threads()),
+            Engine::Fused(f) => {
+                let each = f.threads_each();
+                format!("fused engine, {} replicas × {each} thread{}", f.replicas(), if each == 1 { "" } else { "s" })
+            }
             Engine::Burn(_) => "burn engine".into(),
         }
     }
@@ -53,6 +73,7 @@ impl<B: AutodiffBackend> Engine<B> {
         }
     }
 
+    /// Threads in all.
     pub fn threads(&self) -> usize {
         match self {
             Engine::Fused(f) => f.threads(),
@@ -60,9 +81,16 @@ impl<B: AutodiffBackend> Engine<B> {
         }
     }
 
+    pub fn replicas(&self) -> usize {
+        match self {
+            Engine::Fused(f) => f.replicas(),
+            Engine::Burn(_) => 1,
+        }
+    }
+
     pub fn config(&self) -> &LearnerConfig {
         match self {
-            Engine::Fused(f) => &f.config,
+            Engine::Fused(f) => f.config(),
             Engine::Burn(t) => &t.config,
         }
     }
@@ -70,7 +98,7 @@ impl<B: AutodiffBackend> Engine<B> {
     /// Iterations completed.
     pub fn step(&self) -> u64 {
         match self {
-            Engine::Fused(f) => f.step,
+            Engine::Fused(f) => f.step(),
             Engine::Burn(t) => t.step,
         }
     }
@@ -82,14 +110,16 @@ impl<B: AutodiffBackend> Engine<B> {
         }
     }
 
-    /// Writes checkpoint `step()` into `dir` (the caller commits it), in format v2 from either
-    /// engine. The burn engine writes v1 (its own records) for the variants the fused engine does
-    /// not cover yet, whose v2 layout is not defined. `meta` is the dataset's, kept with the
-    /// checkpoint.
+    /// Writes checkpoint `step()` into `dir` (the caller commits it) from replica 0, in format v2
+    /// (v1 from the burn engine with separate discriminators). `meta` is the dataset's, kept with
+    /// the checkpoint.
     pub fn save(&self, dir: &Path, meta: Option<&serde_json::Value>) -> Result<()> {
         match self {
-            Engine::Fused(f) => checkpoint_v2::write(dir, &f.to_arrays(), f.state_json(), &f.doc.to_toml(), meta),
-            Engine::Burn(t) if unsupported(&t.config).is_none() => {
+            Engine::Fused(f) => {
+                let f = f.replica(0);
+                checkpoint_v2::write(dir, &f.to_arrays(), f.state_json(), &f.doc.to_toml(), meta)
+            }
+            Engine::Burn(t) if crosses(&t.config) => {
                 let f = cross_engine::fused_from_trainer(t)?;
                 let mut state = f.state_json();
                 state["engine"] = "burn".into();
@@ -99,16 +129,33 @@ impl<B: AutodiffBackend> Engine<B> {
         }
     }
 
-    /// Loads a checkpoint of either format written by either engine. A v2 checkpoint whose files
-    /// fail their checksums is an error naming the file (the run loop then tries an older one).
+    /// Loads a checkpoint of either format written by either engine (with any replica count). A
+    /// v2 checkpoint whose files fail their checksums is an error naming the file (the run loop
+    /// then tries an older one).
     pub fn load(&mut self, dir: &Path) -> Result<()> {
         let v2 = checkpoint_v2::is_v2(dir);
         match self {
-            Engine::Fused(f) if v2 => f.load(checkpoint_v2::read(dir)?),
-            Engine::Fused(f) => cross_engine::load_v1_into_fused(f, dir).context("loading a burn (v1) checkpoint"),
+            Engine::Fused(f) if v2 => {
+                let c = checkpoint_v2::read(dir)?;
+                f.load_with(|first| first.load(c))
+            }
+            Engine::Fused(f) => {
+                if !crosses(f.config()) {
+                    bail!(
+                        "{} holds burn (v1) records of separate discriminators, which only the burn engine reads \
+                         (train.engine = \"burn\")",
+                        dir.display()
+                    );
+                }
+                f.load_with(|first| cross_engine::load_v1_into_fused(first, dir))
+                    .context("loading a burn (v1) checkpoint")
+            }
             Engine::Burn(t) if v2 => {
-                if let Some(why) = unsupported(&t.config) {
-                    bail!("{} is a v2 checkpoint, which this run's variant ({why}) cannot read yet", dir.display());
+                if !crosses(&t.config) {
+                    bail!(
+                        "{} is a v2 checkpoint of separate discriminators, which only the fused engine reads",
+                        dir.display()
+                    );
                 }
                 let mut f = cross_engine::fused_from_trainer(t)?;
                 f.load(checkpoint_v2::read(dir)?)?;

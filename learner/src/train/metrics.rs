@@ -33,8 +33,9 @@ pub const ALL: [(&str, bool); 7] = [
 ];
 
 /// Once at the start of a run.
-pub fn started(engine: &'static str, threads: usize, step: u64) {
-    metrics::gauge!(INFO, "engine" => engine, "threads" => threads.to_string()).set(1.0);
+pub fn started(engine: &'static str, threads: usize, replicas: usize, step: u64) {
+    let (threads, replicas) = (threads.to_string(), replicas.to_string());
+    metrics::gauge!(INFO, "engine" => engine, "threads" => threads, "replicas" => replicas).set(1.0);
     metrics::gauge!(STEP).set(step as f64);
 }
 

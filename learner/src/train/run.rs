@@ -163,7 +163,7 @@ fn train<B: AutodiffBackend, S: WindowSource>(
         });
     }
     eprintln!("training a δ-model on {about} for {} iterations ({})", total - start_step, trainer.describe());
-    super::metrics::started(trainer.name(), trainer.threads(), start_step);
+    super::metrics::started(trainer.name(), trainer.threads(), trainer.replicas(), start_step);
     let terminal = std::io::stderr().is_terminal();
     let started = Instant::now();
     let mut last_draw = Instant::now() - Duration::from_secs(1);

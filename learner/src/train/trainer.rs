@@ -62,6 +62,12 @@ pub struct IterationLosses {
 pub enum TrainError {
     #[error("non-finite loss ({value}) at iteration {iteration}, {phase} step; the last good checkpoint is kept")]
     NonFinite { iteration: u64, phase: &'static str, value: f64 },
+    #[error("summing gradients across replicas at iteration {iteration}")]
+    Collective {
+        iteration: u64,
+        #[source]
+        source: anyhow::Error,
+    },
     #[error("drawing windows for iteration {iteration}")]
     Data {
         iteration: u64,

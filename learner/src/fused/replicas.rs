@@ -1,0 +1,142 @@
+//! Exact data-parallel replicas of the fused engine: R copies of the model, each computing the
+//! gradients of its share of the batch rows on its own threads, summing them through a
+//! [`Collective`](super::collective::Collective), and applying the identical optimiser step.
+//!
+//! The split is exact for these losses: every term is a per-row quantity (the median bandwidths
+//! are per row), the counter-based draws make a row's latents and horizons independent of which
+//! replica computes it, and the sums keep the one-replica order (see
+//! [`replica_blocks`](super::engine::replica_blocks)). So R replicas train the same model as one,
+//! bit for bit when R is a power of two, and every replica holds the same parameters, Adam
+//! moments and spectral-norm vectors after every step.
+//!
+//! On the CPU a replica is a thread group of this process and the collective is a
+//! [`ThreadCollective`]. The group draws each step's windows once and lends them to every replica;
+//! a GPU replica would copy its rows to its device instead. Replica 0 is the one the run reads:
+//! its state is what checkpoints hold.
+
+use std::sync::{Mutex, MutexGuard};
+
+use anyhow::{bail, Result};
+
+use common::config::ConfigDoc;
+
+use super::collective::ThreadCollective;
+use super::engine::{FusedEngine, HostCollective};
+use super::pool::Pool;
+use crate::config::LearnerConfig;
+use crate::train::dataset::{WindowBatch, WindowSource};
+use crate::train::draws::Phase;
+use crate::train::trainer::{IterationLosses, TrainError};
+
+/// R replicas of the fused engine in this process.
+pub struct Replicas {
+    engines: Vec<Mutex<FusedEngine>>,
+    /// One thread per replica; each drives its replica's own pool.
+    pool: Pool,
+    batch: WindowBatch,
+    config: LearnerConfig,
+    threads_each: usize,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Replicas {
+    /// `replicas` replicas of a fresh model, with `threads` threads in all (0: every core), split
+    /// evenly (at least one each).
+    pub fn new(config: LearnerConfig, doc: ConfigDoc, state_dim: usize, replicas: usize) -> Result<Replicas> {
+        if replicas == 0 {
+            bail!("--replicas must be at least 1");
+        }
+        let threads = match config.train.threads {
+            0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            t => t,
+        };
+        let threads_each = (threads / replicas).max(1);
+        let collectives: Vec<Option<HostCollective>> = if replicas == 1 {
+            vec![None]
+        } else {
+            ThreadCollective::group(replicas).into_iter().map(|c| Some(Box::new(c) as HostCollective)).collect()
+        };
+        let engines = collectives
+            .into_iter()
+            .map(|c| FusedEngine::replica(config.clone(), doc.clone(), state_dim, threads_each, c).map(Mutex::new))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Replicas { engines, pool: Pool::new(replicas), batch: WindowBatch::default(), config, threads_each })
+    }
+
+    pub fn replicas(&self) -> usize {
+        self.engines.len()
+    }
+
+    /// Threads in all (replicas × threads per replica).
+    pub fn threads(&self) -> usize {
+        self.engines.iter().map(|e| lock(e).threads()).sum()
+    }
+
+    /// Threads each replica was given.
+    pub fn threads_each(&self) -> usize {
+        self.threads_each
+    }
+
+    pub fn config(&self) -> &LearnerConfig {
+        &self.config
+    }
+
+    /// Replica `r` (0: the one checkpoints are written from).
+    pub fn replica(&self, r: usize) -> MutexGuard<'_, FusedEngine> {
+        lock(&self.engines[r])
+    }
+
+    /// Iterations completed.
+    pub fn step(&self) -> u64 {
+        self.replica(0).step
+    }
+
+    /// One iteration on every replica: the same windows, each replica's share of the rows, the
+    /// gradients summed, the same update everywhere.
+    pub fn iteration(&mut self, mut data: impl WindowSource) -> Result<IterationLosses, TrainError> {
+        if self.engines.len() == 1 {
+            return self.engines[0].get_mut().unwrap_or_else(|e| e.into_inner()).iteration(data);
+        }
+        let has_d = self.replica(0).has_discriminator_step();
+        let d = if has_d { self.phase(&mut data, Phase::Discriminator)? } else { f64::NAN };
+        let g = self.phase(&mut data, Phase::Generator)?;
+        for e in &mut self.engines {
+            e.get_mut().unwrap_or_else(|e| e.into_inner()).finish_iteration();
+        }
+        Ok(IterationLosses { discriminator: d, generator: g })
+    }
+
+    fn phase<S: WindowSource>(&mut self, data: &mut S, phase: Phase) -> Result<f64, TrainError> {
+        let mut batch = std::mem::take(&mut self.batch);
+        let drawn = self.replica(0).draw(data, phase, &mut batch);
+        let result = drawn.and_then(|()| {
+            let results: Vec<Mutex<Option<Result<f64, TrainError>>>> =
+                self.engines.iter().map(|_| Mutex::new(None)).collect();
+            let (engines, shared) = (&self.engines, &batch);
+            self.pool.run(&|r| {
+                let out = lock(&engines[r]).phase(shared, phase);
+                *lock(&results[r]) = Some(out);
+            });
+            // Every replica saw the same summed loss; replica 0's result (or error) stands for all.
+            let mut results = results.into_iter().map(|m| m.into_inner().unwrap_or_else(|e| e.into_inner()));
+            results.next().flatten().expect("replica 0 ran")
+        });
+        self.batch = batch;
+        result
+    }
+
+    /// Loads a state into replica 0 with `load` (a checkpoint reader), then copies it to the
+    /// others, so that every replica starts equal.
+    pub fn load_with(&mut self, load: impl FnOnce(&mut FusedEngine) -> Result<()>) -> Result<()> {
+        let (first, rest) = self.engines.split_first_mut().expect("at least one replica");
+        let first = first.get_mut().unwrap_or_else(|e| e.into_inner());
+        load(first)?;
+        for other in rest {
+            other.get_mut().unwrap_or_else(|e| e.into_inner()).copy_state_from(first);
+        }
+        Ok(())
+    }
+}
