@@ -10,9 +10,11 @@
 //! replica ends with bit-identical values, and when each replica holds a whole subtree of blocks,
 //! R replicas reproduce one replica's sum exactly.
 
-use std::sync::{Arc, Barrier, Mutex};
+use std::sync::{Arc, Mutex};
 
 use anyhow::{bail, Result};
+
+use super::pool::SpinBarrier;
 
 /// A group of replicas that sum buffers element-wise.
 pub trait Collective {
@@ -34,7 +36,8 @@ pub trait Collective {
 struct Shared {
     size: usize,
     slots: Vec<Mutex<Vec<f32>>>,
-    barrier: Barrier,
+    /// Spins before it sleeps, as the engine's pool does: the replicas meet here twice a step.
+    barrier: SpinBarrier,
 }
 
 /// Replicas as threads of one process, with host buffers.
@@ -50,7 +53,7 @@ impl ThreadCollective {
         let shared = Arc::new(Shared {
             size,
             slots: (0..size).map(|_| Mutex::new(Vec::new())).collect(),
-            barrier: Barrier::new(size),
+            barrier: SpinBarrier::new(size),
         });
         (0..size).map(|rank| ThreadCollective { rank, shared: Arc::clone(&shared) }).collect()
     }

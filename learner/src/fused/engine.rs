@@ -188,15 +188,14 @@ struct Grads {
 }
 
 impl Grads {
-    /// Every buffer the step of `phase` fills (and a collective must sum), in a fixed order.
+    /// Every buffer the step of `phase` sums over rows (and a collective over replicas), in a
+    /// fixed order. The separate discriminators' are not among them: each has the gradient of its
+    /// one batch row, on the replica that owns the row.
     fn phase_buffers_mut(&mut self, phase: Phase, embedding: Embedding) -> Vec<&mut Vec<f32>> {
         match phase {
             Phase::Generator => self.gen.buffers_mut().collect(),
-            Phase::Discriminator => match embedding {
-                Embedding::Shared => self.phi.buffers_mut().collect(),
-                Embedding::Separate => self.members.iter_mut().flat_map(|m| m.buffers_mut()).collect(),
-                Embedding::Raw => Vec::new(),
-            },
+            Phase::Discriminator if embedding == Embedding::Shared => self.phi.buffers_mut().collect(),
+            Phase::Discriminator => Vec::new(),
         }
     }
 }
@@ -269,7 +268,9 @@ pub struct FusedEngine {
     /// burn engine keeps it).
     pub phi: PhiParams,
     /// The separate discriminators, member `b·O + o` for batch slot b and atom o (empty unless
-    /// `embedding` is `Separate`).
+    /// `embedding` is `Separate`). A replica trains only the members of its own rows
+    /// ([`FusedEngine::own_members`]); its copies of the others are as they were last gathered
+    /// (`Replicas::gather_members`), as the spec's "sharded along with their batch slot" asks.
     pub members: Vec<PhiParams>,
     pub adam_generator: Moments<GenParams>,
     pub adam_phi: Moments<PhiMoments>,
@@ -282,6 +283,8 @@ pub struct FusedEngine {
     workers: Vec<Mutex<Worker>>,
     /// This replica's blocks of rows.
     blocks: Vec<Mutex<Block>>,
+    /// The separate discriminators of this replica's rows.
+    own_members: Range<usize>,
     spectral: [Vec<Spectral>; 2],
     member_spectral: Vec<Mutex<[Vec<Spectral>; 2]>>,
     inner: FusedKernel,
@@ -432,6 +435,8 @@ impl FusedEngine {
             loss: 0.0,
         };
         let separate = embedding == Embedding::Separate;
+        let own_members =
+            if separate { (mine.start * BLOCK_ROWS).min(b) * o..(mine.end * BLOCK_ROWS).min(b) * o } else { 0..0 };
         let blocks = mine
             .map(|k| {
                 let rows = k * BLOCK_ROWS..((k + 1) * BLOCK_ROWS).min(b);
@@ -506,6 +511,7 @@ impl FusedEngine {
             pool: Pool::new(threads),
             workers,
             blocks,
+            own_members,
             spectral: [0, 1].map(|_| (0..layers).map(|_| Spectral::default()).collect()),
             member_spectral: (0..n_members)
                 .map(|_| Mutex::new([0, 1].map(|_| (0..layers).map(|_| Spectral::default()).collect())))
@@ -534,6 +540,11 @@ impl FusedEngine {
             config,
             doc,
         }
+    }
+
+    /// The separate discriminators this replica trains (those of its batch rows).
+    pub fn own_members(&self) -> Range<usize> {
+        self.own_members.clone()
     }
 
     /// Threads this replica runs on.
@@ -615,8 +626,8 @@ impl FusedEngine {
     }
 
     /// The power iterations of this step (they depend on φ's weights only): the D step chains lhs
-    /// (u → u₁) and rhs (u₁ → u₂); the G step runs one for both calls and keeps nothing. The
-    /// separate discriminators' are spread over the threads; every replica computes all of them.
+    /// (u → u₁) and rhs (u₁ → u₂); the G step runs one for both calls and keeps nothing. Those of
+    /// the separate discriminators (this replica's own) are spread over the threads.
     fn spectral_norm(&mut self, phase: Phase) {
         let ps = &self.phi_shape;
         match self.embedding {
@@ -635,7 +646,7 @@ impl FusedEngine {
                 let this = &*self;
                 let threads = this.pool.threads();
                 this.pool.run(&|t| {
-                    for j in (t..this.members.len()).step_by(threads) {
+                    for j in this.own_members.clone().skip(t).step_by(threads) {
                         let mut sp = lock(&this.member_spectral[j]);
                         let [first, second] = &mut *sp;
                         let member = &this.members[j];
@@ -748,7 +759,7 @@ impl FusedEngine {
             Embedding::Separate => {
                 let mo = &mut self.adam_members;
                 mo.time += 1;
-                for j in 0..self.members.len() {
+                for j in self.own_members.clone() {
                     let sp = lock(&self.member_spectral[j]);
                     through_sigma(&sp, &self.total.members[j], &mut self.grad_phi);
                     let member = &mut self.members[j];

@@ -29,7 +29,7 @@ unsafe impl Send for Job {}
 const SPINS: u32 = 1 << 14;
 
 /// A reusable barrier for `n` threads that spins, then sleeps.
-struct SpinBarrier {
+pub(crate) struct SpinBarrier {
     n: usize,
     arrived: AtomicUsize,
     generation: AtomicUsize,
@@ -38,7 +38,7 @@ struct SpinBarrier {
 }
 
 impl SpinBarrier {
-    fn new(n: usize) -> SpinBarrier {
+    pub(crate) fn new(n: usize) -> SpinBarrier {
         SpinBarrier {
             n,
             arrived: AtomicUsize::new(0),
@@ -48,7 +48,7 @@ impl SpinBarrier {
         }
     }
 
-    fn wait(&self) {
+    pub(crate) fn wait(&self) {
         let generation = self.generation.load(Ordering::Acquire);
         if self.arrived.fetch_add(1, Ordering::AcqRel) + 1 == self.n {
             // The last to arrive resets the count before it opens the barrier, so a thread that

@@ -12,7 +12,13 @@
 //! On the CPU a replica is a thread group of this process and the collective is a
 //! [`ThreadCollective`]. The group draws each step's windows once and lends them to every replica;
 //! a GPU replica would copy its rows to its device instead. Replica 0 is the one the run reads:
-//! its state is what checkpoints hold.
+//! its state is what checkpoints hold. The SR variant's separate discriminators (one per batch
+//! slot and atom) are sharded with their rows: a replica trains only its own and needs no sum
+//! for them; [`Replicas::gather_members`] brings them together before a checkpoint.
+//!
+//! Errors (a non-finite loss, a failed draw) reach every replica alike, since they follow from
+//! the summed values; a panic in one replica (a bug) would leave the others waiting in the
+//! collective.
 
 use std::sync::{Mutex, MutexGuard};
 
@@ -126,6 +132,33 @@ impl Replicas {
         });
         self.batch = batch;
         result
+    }
+
+    /// Copies every replica's own separate discriminators (parameters, u, Adam moments) to the
+    /// others, so that each replica, replica 0 included, holds the whole model: before a
+    /// checkpoint is written. Training does not need it (a replica only reads its own members).
+    pub fn gather_members(&self) {
+        if self.engines.len() == 1 {
+            return;
+        }
+        for r in 0..self.engines.len() {
+            let (own, members, m1, m2) = {
+                let e = self.replica(r);
+                let own = e.own_members();
+                (
+                    own.clone(),
+                    e.members[own.clone()].to_vec(),
+                    e.adam_members.m1[own.clone()].to_vec(),
+                    e.adam_members.m2[own].to_vec(),
+                )
+            };
+            for other in (0..self.engines.len()).filter(|&o| o != r) {
+                let mut e = self.replica(other);
+                e.members[own.clone()].clone_from_slice(&members);
+                e.adam_members.m1[own.clone()].clone_from_slice(&m1);
+                e.adam_members.m2[own.clone()].clone_from_slice(&m2);
+            }
+        }
     }
 
     /// Loads a state into replica 0 with `load` (a checkpoint reader), then copies it to the

@@ -116,6 +116,7 @@ impl<B: AutodiffBackend> Engine<B> {
     pub fn save(&self, dir: &Path, meta: Option<&serde_json::Value>) -> Result<()> {
         match self {
             Engine::Fused(f) => {
+                f.gather_members();
                 let f = f.replica(0);
                 checkpoint_v2::write(dir, &f.to_arrays(), f.state_json(), &f.doc.to_toml(), meta)
             }
