@@ -11,6 +11,7 @@
 //! - [`collective`]: how replicas sum their gradients (the `Collective` trait; threads on the CPU);
 //! - [`engine`]: the iteration of one replica;
 //! - [`replicas`]: exact data-parallel replicas (thread groups, summed by a collective);
+//! - [`state`]: the training state as named arrays (checkpoint v2), and copies between engines;
 //! - `simd`: run-time AVX2 dispatch of the element-wise loops.
 //!
 //! The burn modules (`model`, `loss`) are the reference this engine is tested against.
@@ -26,3 +27,4 @@ pub mod pair_mmd;
 pub mod pool;
 pub mod replicas;
 mod simd;
+pub mod state;
