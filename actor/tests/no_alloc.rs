@@ -1,7 +1,12 @@
 //! Stepping allocates nothing: a counting global allocator watches 1,000 steps of E envs after
 //! warm-up. (Its own test binary, so no other test allocates concurrently.)
+//!
+//! Only the measuring thread's allocations count: libtest's main thread waits on a channel for
+//! the test's result and allocates its waker lazily, at a moment that depends on scheduling. On a
+//! loaded 2-core CI machine that moment once fell inside the measured steps and failed the test.
 
 use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use std::sync::Arc;
@@ -14,16 +19,27 @@ struct Counting;
 
 static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
 
+thread_local! {
+    /// Whether this thread's allocations count (const-initialised, so reading it never allocates).
+    static COUNTED: Cell<bool> = const { Cell::new(false) };
+}
+
+fn count() {
+    if COUNTED.with(Cell::get) {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        count();
         unsafe { System.alloc(layout) }
     }
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         unsafe { System.dealloc(ptr, layout) }
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        count();
         unsafe { System.realloc(ptr, layout, new_size) }
     }
 }
@@ -33,6 +49,10 @@ static GLOBAL: Counting = Counting;
 
 #[test]
 fn stepping_allocates_nothing() {
+    COUNTED.with(|c| c.set(true));
+    let probe = ALLOCATIONS.load(Ordering::Relaxed);
+    drop(std::hint::black_box(Box::new(0u64)));
+    assert_eq!(ALLOCATIONS.load(Ordering::Relaxed), probe + 1, "the counter sees this thread's allocations");
     let mut noisy = EnvConfig::defaults(EnvId::RiabWalls);
     if let EnvConfig::Riab(c) = &mut noisy {
         c.cells.noise_std = 0.1;
