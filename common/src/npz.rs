@@ -37,6 +37,11 @@ impl NpyArray {
         Self { shape, data: NpyData::F32(data) }
     }
 
+    pub fn f64(shape: Vec<usize>, data: Vec<f64>) -> Self {
+        assert_eq!(shape.iter().product::<usize>(), data.len(), "shape/data mismatch");
+        Self { shape, data: NpyData::F64(data) }
+    }
+
     pub fn u8(shape: Vec<usize>, data: Vec<u8>) -> Self {
         assert_eq!(shape.iter().product::<usize>(), data.len(), "shape/data mismatch");
         Self { shape, data: NpyData::U8(data) }

@@ -12,7 +12,7 @@ use tokio::net::TcpListener;
 
 use crate::checkpointer;
 use crate::experiment::Experiment;
-use crate::registry::Registry;
+use crate::registry::{Kind, Registry};
 use crate::service::coordinator::{CoordinatorService, CoordinatorState};
 use crate::service::replay::ReplayService;
 use crate::shard::Shard;
@@ -77,11 +77,13 @@ pub async fn serve(
     let registry = match &options.workdir {
         Some(dir) => {
             let path = dir.join("registry.jsonl");
-            Registry::open(&path).map_err(|e| anyhow::anyhow!("checkpoint registry {}: {e:#}", path.display()))?
+            let lease_ms = (experiment.replay().lease_seconds * 1000.0) as i64;
+            Registry::open(&path, crate::service::coordinator::unix_ms(), lease_ms)
+                .map_err(|e| anyhow::anyhow!("checkpoint registry {}: {e:#}", path.display()))?
         }
         None => Registry::default(),
     };
-    if let Some(latest) = registry.latest() {
+    if let Some(latest) = registry.latest(Kind::Model) {
         eprintln!(
             "checkpoint registry: {} entries, latest version {} ({})",
             registry.len(),

@@ -301,7 +301,7 @@ async fn a_restarted_coordinator_gets_its_nodes_back_and_watch_resumes() {
     eprintln!("coordinator down for {:?}; nodes back {:?} after restart", restarted - killed, restarted.elapsed());
     // The actor keeps inserting, and its heartbeats reach the new coordinator.
     inserted_at_least(&raddr, 0, stats(&raddr, 0).await.inserted_steps_total + 1_000).await;
-    let mut watch = client.watch_checkpoints(pb::WatchCheckpointsRequest {}).await.unwrap().into_inner();
+    let mut watch = client.watch_checkpoints(pb::WatchCheckpointsRequest::default()).await.unwrap().into_inner();
     let first = tokio::time::timeout(Duration::from_secs(5), watch.message()).await.unwrap().unwrap().unwrap();
     assert_eq!((first.version, first.uri.as_str()), (2, "file:///m/2"));
     let dup = client

@@ -97,7 +97,7 @@ async fn checkpoint_registry_publish_and_watch() {
         step: version * 100,
         uri: uri.into(),
         metrics: [("loss".to_string(), 0.5)].into(),
-        published_unix_ms: 0,
+        ..Default::default()
     };
     assert_status(c.publish_checkpoint(entry(1, "")).await.unwrap_err(), Code::InvalidArgument, "uri");
     let mut nan = entry(1, "file:///x");
@@ -111,13 +111,89 @@ async fn checkpoint_registry_publish_and_watch() {
         "version",
     );
     // A watcher gets the latest entry first, then every new one.
-    let mut watch = c.watch_checkpoints(pb::WatchCheckpointsRequest {}).await.unwrap().into_inner();
+    let mut watch = c.watch_checkpoints(pb::WatchCheckpointsRequest::default()).await.unwrap().into_inner();
     let first = watch.message().await.unwrap().unwrap();
     assert_eq!((first.version, first.uri.as_str(), first.metrics["loss"]), (2, "file:///ckpt/2", 0.5));
     assert!(first.published_unix_ms > 0);
     c.publish_checkpoint(entry(3, "file:///ckpt/3")).await.unwrap();
     let next = tokio::time::timeout(Duration::from_secs(5), watch.message()).await.unwrap().unwrap().unwrap();
     assert_eq!(next.version, 3);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn evaluations_are_claimed_renewed_and_published_once() {
+    use pb::claim_evaluation_response::Outcome;
+    let server = Server::start("[experiment]\nenv = \"pendulum\"\n").await;
+    let mut c = CoordinatorClient::new(server.channel().await);
+    for version in 1..=3 {
+        let entry = pb::CheckpointEntry {
+            version,
+            step: version,
+            uri: format!("file:///m/{version}"),
+            fetch_address: "127.0.0.1:1".into(),
+            ..Default::default()
+        };
+        c.publish_checkpoint(entry).await.unwrap();
+    }
+    // Policies are versioned on their own.
+    let policy = pb::CheckpointEntry {
+        version: 1,
+        uri: "file:///p/1".into(),
+        kind: pb::CheckpointKind::Policy as i32,
+        ..Default::default()
+    };
+    c.publish_checkpoint(policy).await.unwrap();
+    // A watcher from version 2 gets the backlog, oldest first, then new entries.
+    let from = pb::WatchCheckpointsRequest { from_version: Some(2), ..Default::default() };
+    let mut watch = c.watch_checkpoints(from).await.unwrap().into_inner();
+    for want in [2, 3] {
+        let got = watch.message().await.unwrap().unwrap();
+        assert_eq!((got.version, got.fetch_address.as_str()), (want, "127.0.0.1:1"));
+        assert_eq!(got.evaluation.unwrap().state(), pb::evaluation::State::Pending);
+    }
+    let bad_kind = pb::WatchCheckpointsRequest { kind: 7, ..Default::default() };
+    assert_status(c.watch_checkpoints(bad_kind).await.err().unwrap(), Code::InvalidArgument, "kind");
+
+    let claim = |version: u64, claimant: &str| pb::ClaimEvaluationRequest {
+        version,
+        claimant: claimant.into(),
+        ..Default::default()
+    };
+    let got = c.claim_evaluation(claim(2, "a")).await.unwrap().into_inner();
+    assert_eq!((got.outcome(), got.lease_ms), (Outcome::Granted, 10_000));
+    let got = c.claim_evaluation(claim(2, "b")).await.unwrap().into_inner();
+    assert_eq!((got.outcome(), got.holder.as_str()), (Outcome::Held, "a"));
+    assert_status(c.claim_evaluation(claim(9, "b")).await.unwrap_err(), Code::NotFound, "version");
+    assert_status(c.claim_evaluation(claim(2, "")).await.unwrap_err(), Code::InvalidArgument, "claimant");
+    let renew = pb::RenewEvaluationRequest { version: 2, claimant: "a".into(), ..Default::default() };
+    c.renew_evaluation(renew).await.unwrap();
+    let renew = pb::RenewEvaluationRequest { version: 2, claimant: "b".into(), ..Default::default() };
+    assert_status(c.renew_evaluation(renew).await.unwrap_err(), Code::FailedPrecondition, "not claimed by b");
+    let result = |claimant: &str| pb::PublishEvaluationRequest {
+        version: 2,
+        claimant: claimant.into(),
+        headline: [("w1_mean".to_string(), 0.75)].into(),
+        report_uri: "file:///r/2".into(),
+        ..Default::default()
+    };
+    assert_status(c.publish_evaluation(result("b")).await.unwrap_err(), Code::FailedPrecondition, "version");
+    c.publish_evaluation(result("a")).await.unwrap();
+    assert_status(c.publish_evaluation(result("a")).await.unwrap_err(), Code::AlreadyExists, "already evaluated");
+    assert_eq!(c.claim_evaluation(claim(2, "b")).await.unwrap().into_inner().outcome(), Outcome::Done);
+    // Version 1 was never claimed: its publisher may skip it; version 3 stays pending.
+    let skip = pb::SkipEvaluationRequest { version: 1, reason: "deleted".into(), ..Default::default() };
+    let got = c.skip_evaluation(skip).await.unwrap().into_inner();
+    assert_eq!(got.outcome(), pb::skip_evaluation_response::Outcome::Skipped);
+    let list = c.list_checkpoints(pb::ListCheckpointsRequest::default()).await.unwrap().into_inner();
+    let states: Vec<_> = list.entries.iter().map(|e| e.evaluation.as_ref().unwrap().state()).collect();
+    use pb::evaluation::State;
+    assert_eq!(states, [State::Skipped, State::Done, State::Pending]);
+    let done = list.entries[1].evaluation.as_ref().unwrap();
+    assert_eq!(
+        (done.headline["w1_mean"], done.report_uri.as_str(), done.claimant.as_str()),
+        (0.75, "file:///r/2", "a")
+    );
     server.stop().await;
 }
 

@@ -90,6 +90,16 @@ pub struct ModelConfig {
 }
 
 impl ModelConfig {
+    /// What this config trains, for logs and reports: "a δ-model", "a γ-model (the SR baseline)"
+    /// or "a γ-model ensemble of O".
+    pub fn name(&self) -> String {
+        match (self.distributional, self.num_outer) {
+            (true, _) => "a δ-model".to_string(),
+            (false, 1) => "a γ-model (the SR baseline)".to_string(),
+            (false, o) => format!("a γ-model ensemble of {o}"),
+        }
+    }
+
     /// The inner kernel named by `inner_kernel` with `inner_bandwidths`.
     ///
     /// # Panics

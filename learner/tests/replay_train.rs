@@ -102,7 +102,7 @@ impl Loopback {
         let addr = format!("http://{}", self.addr);
         let mut stream = self.runtime.block_on(async {
             let mut client = CoordinatorClient::connect(addr).await.unwrap();
-            client.watch_checkpoints(pb::WatchCheckpointsRequest {}).await.unwrap().into_inner()
+            client.watch_checkpoints(pb::WatchCheckpointsRequest::default()).await.unwrap().into_inner()
         });
         let sink = seen.clone();
         self.runtime.spawn(async move {

@@ -56,27 +56,15 @@ impl PendulumEnv {
 
     /// The policy's action at (θ, θ̇), before noise and clipping.
     pub fn policy_mean(&self, theta: f64, theta_dot: f64) -> f64 {
-        let c = &self.config;
-        let p = &c.policy;
-        let th = angle_normalize(theta);
-        if th.abs() < p.balance_angle {
-            return -p.balance_kp * th - p.balance_kd * theta_dot;
-        }
-        let energy = 0.5 * theta_dot * theta_dot + 1.5 * c.g / c.l * (th.cos() - 1.0);
-        -p.energy_gain * energy * theta_dot
+        policy_mean(&self.config, theta, theta_dot)
     }
 
     /// One gymnasium step of env e under torque `u` (clipped here); returns the reward.
     fn physics(&mut self, e: usize, u: f64) -> f64 {
-        let c = &self.config;
-        let u = u.clamp(-c.max_torque, c.max_torque);
-        let (th, thd) = (self.theta[e], self.theta_dot[e]);
-        let cost = angle_normalize(th).powi(2) + 0.1 * thd * thd + 0.001 * u * u;
-        let new_thd =
-            (thd + (1.5 * c.g / c.l * th.sin() + 3.0 / (c.m * c.l * c.l) * u) * c.dt).clamp(-c.max_speed, c.max_speed);
-        self.theta[e] = th + new_thd * c.dt;
-        self.theta_dot[e] = new_thd;
-        -cost
+        let (th, thd, reward) = physics(&self.config, self.theta[e], self.theta_dot[e], u);
+        self.theta[e] = th;
+        self.theta_dot[e] = thd;
+        reward
     }
 
     /// Writes the next row of every env into `frame`.
@@ -91,9 +79,7 @@ impl PendulumEnv {
                     (0.0, 0.0, StepType::First)
                 }
                 Some(k) => {
-                    let xi: f64 = self.rngs[e].sample(StandardNormal);
-                    let u = (self.policy_mean(self.theta[e], self.theta_dot[e]) + self.config.policy.noise_std * xi)
-                        .clamp(-self.config.max_torque, self.config.max_torque);
+                    let u = policy_action(&self.config, self.theta[e], self.theta_dot[e], &mut self.rngs[e]);
                     let reward = self.physics(e, u);
                     let k = k + 1;
                     if k >= self.config.max_episode_steps {
@@ -114,6 +100,35 @@ impl PendulumEnv {
             frame.step_types[e] = step_type;
         }
     }
+}
+
+/// The data policy's action at (θ, θ̇), before noise and clipping: energy pumping, or PD balancing
+/// near upright (module docs).
+pub fn policy_mean(c: &PendulumConfig, theta: f64, theta_dot: f64) -> f64 {
+    let p = &c.policy;
+    let th = angle_normalize(theta);
+    if th.abs() < p.balance_angle {
+        return -p.balance_kp * th - p.balance_kd * theta_dot;
+    }
+    let energy = 0.5 * theta_dot * theta_dot + 1.5 * c.g / c.l * (th.cos() - 1.0);
+    -p.energy_gain * energy * theta_dot
+}
+
+/// The data policy's stochastic action at (θ, θ̇): the mean plus Gaussian noise, clipped to the
+/// torque limit. Recording and the evaluator's Monte-Carlo rollouts both draw actions here.
+pub fn policy_action<R: Rng>(c: &PendulumConfig, theta: f64, theta_dot: f64, rng: &mut R) -> f64 {
+    let xi: f64 = rng.sample(StandardNormal);
+    (policy_mean(c, theta, theta_dot) + c.policy.noise_std * xi).clamp(-c.max_torque, c.max_torque)
+}
+
+/// One gymnasium step from (θ, θ̇) under torque `u` (clipped here): the new (θ, θ̇) and the reward
+/// `−(norm(θ)² + 0.1θ̇² + 0.001u²)` of the state before the step.
+pub fn physics(c: &PendulumConfig, th: f64, thd: f64, u: f64) -> (f64, f64, f64) {
+    let u = u.clamp(-c.max_torque, c.max_torque);
+    let cost = angle_normalize(th).powi(2) + 0.1 * thd * thd + 0.001 * u * u;
+    let new_thd =
+        (thd + (1.5 * c.g / c.l * th.sin() + 3.0 / (c.m * c.l * c.l) * u) * c.dt).clamp(-c.max_speed, c.max_speed);
+    (th + new_thd * c.dt, new_thd, -cost)
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@ use tonic::{Request, Response, Status};
 
 use crate::experiment::{Experiment, ExperimentError};
 use crate::membership::{Membership, MembershipError, NodeRole};
-use crate::registry::{CheckpointRecord, Registry, RegistryError};
+use crate::registry::{CheckpointRecord, ClaimOutcome, Evaluation, Kind, Registry, RegistryError, SkipOutcome};
 use crate::shard_map::{Server, ShardMap, ShardMapError};
 
 /// Everything the coordinator knows, shared by its service and its lease reaper.
@@ -23,6 +23,8 @@ pub struct CoordinatorState {
     pub registry: Mutex<Registry>,
     watchers: broadcast::Sender<CheckpointRecord>,
     heartbeat: Duration,
+    /// How long an evaluation claim lives without a renewal (the node lease).
+    claim_lease: Duration,
     /// Where an experiment fixed by the first actor is saved (`experiment.toml`), so a restarted
     /// coordinator serves the same one.
     experiment_file: Option<std::path::PathBuf>,
@@ -46,6 +48,7 @@ impl CoordinatorState {
             registry: Mutex::new(registry),
             watchers,
             heartbeat,
+            claim_lease: lease,
             experiment_file,
         })
     }
@@ -83,6 +86,11 @@ impl CoordinatorState {
     }
 }
 
+/// Wall-clock milliseconds since the epoch: claim leases are persisted, so they are wall-clock.
+pub fn unix_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
 /// A random starting node id (53 bits, so ids print and parse everywhere), from the clock.
 fn random_first_id() -> u64 {
     let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
@@ -111,13 +119,75 @@ impl CoordinatorService {
     }
 }
 
-fn to_pb(r: &CheckpointRecord) -> pb::CheckpointEntry {
+fn to_pb(r: &CheckpointRecord, evaluation: Option<&Evaluation>) -> pb::CheckpointEntry {
     pb::CheckpointEntry {
         version: r.version,
         step: r.step,
         uri: r.uri.clone(),
         metrics: r.metrics.iter().cloned().collect(),
         published_unix_ms: r.published_unix_ms,
+        kind: kind_to_pb(r.kind) as i32,
+        fetch_address: r.fetch_address.clone(),
+        evaluation: evaluation.map(evaluation_to_pb),
+    }
+}
+
+fn evaluation_to_pb(e: &Evaluation) -> pb::Evaluation {
+    use pb::evaluation::State;
+    match e {
+        Evaluation::Pending => pb::Evaluation { state: State::Pending as i32, ..Default::default() },
+        Evaluation::Claimed { claimant, .. } => {
+            pb::Evaluation { state: State::Claimed as i32, claimant: claimant.clone(), ..Default::default() }
+        }
+        Evaluation::Done { claimant, headline, report_uri, .. } => pb::Evaluation {
+            state: State::Done as i32,
+            claimant: claimant.clone(),
+            headline: headline.iter().cloned().collect(),
+            report_uri: report_uri.clone(),
+            ..Default::default()
+        },
+        Evaluation::Skipped { reason } => {
+            pb::Evaluation { state: State::Skipped as i32, skip_reason: reason.clone(), ..Default::default() }
+        }
+    }
+}
+
+fn kind_to_pb(k: Kind) -> pb::CheckpointKind {
+    match k {
+        Kind::Model => pb::CheckpointKind::Model,
+        Kind::Policy => pb::CheckpointKind::Policy,
+    }
+}
+
+fn kind_from_pb(k: i32) -> Result<Kind, Status> {
+    match pb::CheckpointKind::try_from(k) {
+        Ok(pb::CheckpointKind::Model) => Ok(Kind::Model),
+        Ok(pb::CheckpointKind::Policy) => Ok(Kind::Policy),
+        Err(_) => Err(Status::invalid_argument(format!("kind: unknown checkpoint kind {k}"))),
+    }
+}
+
+fn registry_status(e: RegistryError) -> Status {
+    match e {
+        RegistryError::NotNewer { .. } | RegistryError::NotClaimant { .. } => {
+            Status::failed_precondition(e.to_string())
+        }
+        RegistryError::UnknownVersion { .. } => Status::not_found(e.to_string()),
+        RegistryError::AlreadyDone { .. } => Status::already_exists(e.to_string()),
+        RegistryError::Io { .. } => Status::unavailable(e.to_string()),
+        _ => Status::invalid_argument(e.to_string()),
+    }
+}
+
+fn sorted(map: std::collections::HashMap<String, f64>) -> Vec<(String, f64)> {
+    let mut v: Vec<(String, f64)> = map.into_iter().collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+impl CoordinatorService {
+    fn lease_ms(&self) -> i64 {
+        self.state.claim_lease.as_millis() as i64
     }
 }
 
@@ -247,15 +317,18 @@ impl Coordinator for CoordinatorService {
         request: Request<pb::CheckpointEntry>,
     ) -> Result<Response<pb::PublishCheckpointResponse>, Status> {
         let e = request.into_inner();
-        let published_unix_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
-        let mut metrics: Vec<(String, f64)> = e.metrics.into_iter().collect();
-        metrics.sort_by(|a, b| a.0.cmp(&b.0));
-        let record = CheckpointRecord { version: e.version, step: e.step, uri: e.uri, metrics, published_unix_ms };
-        lock(&self.state.registry).publish(record.clone()).map_err(|e| match e {
-            RegistryError::NotNewer { .. } => Status::failed_precondition(e.to_string()),
-            _ => Status::invalid_argument(e.to_string()),
-        })?;
-        metrics::counter!("dsm_coordinator_checkpoints_published_total").increment(1);
+        let kind = kind_from_pb(e.kind)?;
+        let record = CheckpointRecord {
+            version: e.version,
+            step: e.step,
+            uri: e.uri,
+            metrics: sorted(e.metrics),
+            published_unix_ms: unix_ms(),
+            kind,
+            fetch_address: e.fetch_address,
+        };
+        lock(&self.state.registry).publish(record.clone()).map_err(registry_status)?;
+        metrics::counter!("dsm_coordinator_checkpoints_published_total", "kind" => kind.as_str()).increment(1);
         // No watcher is fine.
         let _ = self.state.watchers.send(record);
         Ok(Response::new(pb::PublishCheckpointResponse {}))
@@ -265,19 +338,29 @@ impl Coordinator for CoordinatorService {
 
     async fn watch_checkpoints(
         &self,
-        _: Request<pb::WatchCheckpointsRequest>,
+        request: Request<pb::WatchCheckpointsRequest>,
     ) -> Result<Response<Self::WatchCheckpointsStream>, Status> {
-        // Subscribe before reading the latest, so nothing published in between is missed; a
-        // duplicate of the latest is filtered by version.
+        let req = request.into_inner();
+        let kind = kind_from_pb(req.kind)?;
+        // Subscribe before reading the backlog, so nothing published in between is missed; a
+        // duplicate is filtered by version.
         let mut rx = self.state.watchers.subscribe();
-        let latest = lock(&self.state.registry).latest().cloned();
+        let backlog: Vec<pb::CheckpointEntry> = {
+            let registry = lock(&self.state.registry);
+            match req.from_version {
+                Some(from) => registry.entries(kind, from).map(|(r, e)| to_pb(r, Some(e))).collect(),
+                None => {
+                    registry.latest(kind).map(|r| to_pb(r, registry.evaluation(kind, r.version))).into_iter().collect()
+                }
+            }
+        };
         let state = self.state.clone();
         let mut closing = self.closing.clone();
         let stream = async_stream(move |tx| async move {
             let mut last = 0u64;
-            if let Some(l) = latest {
-                last = l.version;
-                if tx.send(Ok(to_pb(&l))).await.is_err() {
+            for entry in backlog {
+                last = entry.version;
+                if tx.send(Ok(entry)).await.is_err() {
                     return;
                 }
             }
@@ -286,24 +369,123 @@ impl Coordinator for CoordinatorService {
                     _ = closing.wait_for(|c| *c) => return,
                     r = rx.recv() => r,
                 };
-                let next = match received {
-                    Ok(r) => r,
-                    // Too slow to keep up: skip to the latest entry.
-                    Err(broadcast::error::RecvError::Lagged(_)) => match lock(&state.registry).latest().cloned() {
-                        Some(r) => r,
-                        None => continue,
-                    },
+                // Entries to send now, with their evaluations as of now.
+                let next: Vec<pb::CheckpointEntry> = match received {
+                    Ok(r) if r.kind == kind && r.version > last => {
+                        let registry = lock(&state.registry);
+                        vec![to_pb(&r, registry.evaluation(kind, r.version))]
+                    }
+                    Ok(_) => continue,
+                    // Too slow to keep up: every missed entry, from the registry.
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        let registry = lock(&state.registry);
+                        registry.entries(kind, last + 1).map(|(r, e)| to_pb(r, Some(e))).collect()
+                    }
                     Err(broadcast::error::RecvError::Closed) => return,
                 };
-                if next.version > last {
-                    last = next.version;
-                    if tx.send(Ok(to_pb(&next))).await.is_err() {
+                for entry in next {
+                    last = entry.version;
+                    if tx.send(Ok(entry)).await.is_err() {
                         return;
                     }
                 }
             }
         });
         Ok(Response::new(stream))
+    }
+
+    async fn list_checkpoints(
+        &self,
+        request: Request<pb::ListCheckpointsRequest>,
+    ) -> Result<Response<pb::ListCheckpointsResponse>, Status> {
+        let req = request.into_inner();
+        let kind = kind_from_pb(req.kind)?;
+        let registry = lock(&self.state.registry);
+        let entries = registry.entries(kind, req.from_version).map(|(r, e)| to_pb(r, Some(e))).collect();
+        Ok(Response::new(pb::ListCheckpointsResponse { entries }))
+    }
+
+    async fn claim_evaluation(
+        &self,
+        request: Request<pb::ClaimEvaluationRequest>,
+    ) -> Result<Response<pb::ClaimEvaluationResponse>, Status> {
+        use pb::claim_evaluation_response::Outcome;
+        let req = request.into_inner();
+        let kind = kind_from_pb(req.kind)?;
+        let now = unix_ms();
+        let outcome = lock(&self.state.registry)
+            .claim(kind, req.version, &req.claimant, now, self.lease_ms())
+            .map_err(registry_status)?;
+        let lease_ms = self.lease_ms() as u64;
+        let response = match outcome {
+            ClaimOutcome::Granted { reclaimed, .. } => {
+                metrics::counter!("dsm_coordinator_evaluations_claimed_total").increment(1);
+                if let Some(old) = reclaimed {
+                    metrics::counter!("dsm_coordinator_evaluation_leases_expired_total").increment(1);
+                    eprintln!(
+                        "evaluation of {} version {}: {old}'s lease ran out; {} takes it over",
+                        kind.as_str(),
+                        req.version,
+                        req.claimant
+                    );
+                }
+                pb::ClaimEvaluationResponse { outcome: Outcome::Granted as i32, lease_ms, holder: req.claimant }
+            }
+            ClaimOutcome::Held { claimant, .. } => {
+                pb::ClaimEvaluationResponse { outcome: Outcome::Held as i32, lease_ms: 0, holder: claimant }
+            }
+            ClaimOutcome::Done => pb::ClaimEvaluationResponse { outcome: Outcome::Done as i32, ..Default::default() },
+            ClaimOutcome::Skipped => {
+                pb::ClaimEvaluationResponse { outcome: Outcome::Skipped as i32, ..Default::default() }
+            }
+        };
+        Ok(Response::new(response))
+    }
+
+    async fn renew_evaluation(
+        &self,
+        request: Request<pb::RenewEvaluationRequest>,
+    ) -> Result<Response<pb::RenewEvaluationResponse>, Status> {
+        let req = request.into_inner();
+        let kind = kind_from_pb(req.kind)?;
+        lock(&self.state.registry)
+            .renew(kind, req.version, &req.claimant, unix_ms(), self.lease_ms())
+            .map_err(registry_status)?;
+        Ok(Response::new(pb::RenewEvaluationResponse { lease_ms: self.lease_ms() as u64 }))
+    }
+
+    async fn publish_evaluation(
+        &self,
+        request: Request<pb::PublishEvaluationRequest>,
+    ) -> Result<Response<pb::PublishEvaluationResponse>, Status> {
+        let req = request.into_inner();
+        let kind = kind_from_pb(req.kind)?;
+        lock(&self.state.registry)
+            .complete(kind, req.version, &req.claimant, sorted(req.headline), &req.report_uri, unix_ms())
+            .map_err(registry_status)?;
+        metrics::counter!("dsm_coordinator_evaluations_completed_total").increment(1);
+        metrics::gauge!("dsm_coordinator_evaluated_version").set(req.version as f64);
+        Ok(Response::new(pb::PublishEvaluationResponse {}))
+    }
+
+    async fn skip_evaluation(
+        &self,
+        request: Request<pb::SkipEvaluationRequest>,
+    ) -> Result<Response<pb::SkipEvaluationResponse>, Status> {
+        use pb::skip_evaluation_response::Outcome;
+        let req = request.into_inner();
+        let kind = kind_from_pb(req.kind)?;
+        let outcome =
+            lock(&self.state.registry).skip(kind, req.version, &req.reason, unix_ms()).map_err(registry_status)?;
+        let outcome = match outcome {
+            SkipOutcome::Skipped => {
+                metrics::counter!("dsm_coordinator_evaluations_skipped_total").increment(1);
+                Outcome::Skipped
+            }
+            SkipOutcome::AlreadyFinal => Outcome::AlreadyFinal,
+            SkipOutcome::Held => Outcome::Held,
+        };
+        Ok(Response::new(pb::SkipEvaluationResponse { outcome: outcome as i32 }))
     }
 }
 

@@ -69,7 +69,7 @@ fn lock(q: &Mutex<Queue>) -> std::sync::MutexGuard<'_, Queue> {
 /// The registry's latest version, if it answers within [`LATEST_WAIT`].
 async fn latest_version(client: &mut CoordinatorClient<Channel>) -> Option<u64> {
     let ask = async {
-        let mut stream = client.watch_checkpoints(pb::WatchCheckpointsRequest {}).await.ok()?.into_inner();
+        let mut stream = client.watch_checkpoints(pb::WatchCheckpointsRequest::default()).await.ok()?.into_inner();
         stream.message().await.ok().flatten().map(|e| e.version)
     };
     tokio::time::timeout(LATEST_WAIT, ask).await.ok().flatten()
@@ -97,7 +97,7 @@ impl Publisher {
             step,
             uri: format!("file://{}", path.display()),
             metrics: metrics.iter().filter(|(_, v)| v.is_finite()).map(|(k, v)| (k.to_string(), *v)).collect(),
-            published_unix_ms: 0,
+            ..Default::default()
         };
         let mut q = lock(&self.queue);
         if q.latest.is_some_and(|l| step <= l) {

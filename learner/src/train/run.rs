@@ -162,12 +162,7 @@ fn train<B: AutodiffBackend, S: WindowSource>(
             published: Vec::new(),
         });
     }
-    let m = &trainer.config().model;
-    let what = match (m.distributional, m.num_outer) {
-        (true, _) => "a δ-model".to_string(),
-        (false, 1) => "a γ-model (the SR baseline)".to_string(),
-        (false, o) => format!("a γ-model ensemble of {o}"),
-    };
+    let what = trainer.config().model.name();
     eprintln!("training {what} on {about} for {} iterations ({})", total - start_step, trainer.describe());
     super::metrics::started(trainer.name(), trainer.threads(), trainer.replicas(), start_step);
     let terminal = std::io::stderr().is_terminal();
