@@ -11,6 +11,7 @@ use actor::envs::{EnvConfig, EnvId};
 use actor::goal_policy;
 use actor::simulate::SimulateSpec;
 use actor::stream::run::{run, ActorOptions};
+use client::shutdown::shutdown_signal;
 use common::config::ConfigDoc;
 
 /// The actor of a δ-model experiment: steps E environments and streams their transitions into
@@ -158,17 +159,6 @@ fn stream(args: StreamArgs) -> Result<()> {
         );
         Ok(())
     })
-}
-
-/// Resolves on SIGTERM or Ctrl-C.
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("installing a SIGTERM handler");
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = term.recv() => {}
-    }
 }
 
 fn simulate(args: SimulateArgs) -> Result<()> {

@@ -15,9 +15,11 @@
 //!   at shutdown);
 //! - [`service`]: the `Coordinator` and `Replay` gRPC services and the edge validation;
 //! - [`server`]: a coordinator process (control plane + K in-process shards on one port);
-//! - [`sampling_client`]: what the learner uses to pull batches of windows from every shard.
+//! - [`replay_node`]: a standalone replay shard that registers with a coordinator.
 //!
-//! The `coordinator` binary (`src/bin/coordinator.rs`) is the command line.
+//! No client code lives here: the replay node talks to the coordinator, and the learner samples
+//! the shards, through the `client` crate. The `coordinator` binary (`src/bin/coordinator.rs`)
+//! is the command line.
 
 pub mod checkpointer;
 pub mod experiment;
@@ -26,7 +28,9 @@ pub mod rate_limiter;
 pub mod registry;
 pub mod replay_config;
 pub mod replay_node;
-pub mod sampling_client;
+/// Re-exported for the learner, which still imports `coordinator::sampling_client`; remove once it
+/// imports `client::sampling`.
+pub use client::sampling as sampling_client;
 pub mod server;
 pub mod service;
 pub mod shard;

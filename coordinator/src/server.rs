@@ -18,9 +18,9 @@ use crate::service::replay::ReplayService;
 use crate::shard::Shard;
 use crate::shard_map::ShardMap;
 
-/// gRPC message limit, both directions. Chunks are a few hundred KiB; a 4096-window sample of
-/// 50-float observations is about 6 MiB. Set explicitly, never near what we send.
-pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
+/// The gRPC message limit, both directions: the protocol's ([`proto::MAX_MESSAGE_BYTES`]), kept
+/// here for the learner, which still imports it from this module.
+pub use proto::MAX_MESSAGE_BYTES;
 
 /// How a coordinator process runs, beyond its experiment.
 #[derive(Debug, Clone, Default)]

@@ -48,25 +48,9 @@ use std::sync::Arc;
 
 use rand::Rng;
 
-/// The identity of one stream, as in ARCHITECTURE.md's "Streams" convention.
-///
-/// The incarnation is a random u64 drawn per actor process, so a restarted actor opens new streams
-/// instead of continuing (and corrupting the step order of) its previous incarnation's.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct StreamKey {
-    /// The actor that produces the stream.
-    pub actor_id: u64,
-    /// The actor process's random incarnation number.
-    pub incarnation: u64,
-    /// Which of the actor's E lock-stepped environments.
-    pub env_index: u32,
-}
-
-impl fmt::Display for StreamKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "stream (actor {}, incarnation {:#x}, env {})", self.actor_id, self.incarnation, self.env_index)
-    }
-}
+/// The identity of one stream (defined in `common`, because a sampled window names it on the
+/// client side too).
+pub use common::shard::StreamKey;
 
 /// The row shapes of a stream's steps.
 ///

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use actor::envs::EnvId;
 use actor::stream::run::{run, ActorOptions};
-use coordinator::sampling_client::{SamplingClient, SamplingOptions};
+use client::sampling::{SamplingClient, SamplingOptions};
 use proto::pb;
 use proto::pb::replay_client::ReplayClient;
 

@@ -365,7 +365,7 @@ async fn interrupted_checkpoints_are_skipped_on_start() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sampling_client_goes_on_without_a_dead_shard_and_takes_it_back() {
-    use coordinator::sampling_client::{SamplingClient, SamplingOptions};
+    use client::sampling::{SamplingClient, SamplingOptions};
     let dir = tempfile::tempdir().unwrap();
     let pendulum = config("pendulum.toml");
     let mut args = vec!["--config", &pendulum, "--shards", "2", "--hosted-shards", "0"];
@@ -411,6 +411,6 @@ async fn the_sampling_client_goes_on_without_a_dead_shard_and_takes_it_back() {
 }
 
 /// The next batch, within 20 s.
-async fn next(client: &mut coordinator::sampling_client::SamplingClient) -> coordinator::sampling_client::SampleBatch {
+async fn next(client: &mut client::sampling::SamplingClient) -> client::sampling::SampleBatch {
     tokio::time::timeout(Duration::from_secs(20), client.next()).await.expect("a batch in 20 s").unwrap()
 }

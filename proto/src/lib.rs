@@ -1,11 +1,20 @@
 //! Wire types: the `.proto` files under `proto/` and their generated prost/tonic code, plus the
 //! checks that turn wire bytes into validated values at the edge. Domain code never sees a prost
-//! type; services convert here.
+//! type; services and clients convert here ([`convert`]).
 
 #[allow(clippy::all, clippy::pedantic)]
 pub mod pb {
     tonic::include_proto!("dsm.v1");
 }
+
+pub mod convert;
+
+/// gRPC message limit, both directions, on every channel and server of the `Coordinator` and
+/// `Replay` services. Chunks are a few hundred KiB; a 4096-window sample of 50-float observations
+/// is about 6 MiB. Set explicitly (tonic's default decoding limit is 4 MiB, which a large sample
+/// would exceed), and never near what we send. It belongs to the protocol, not to either end, so
+/// servers and clients take it from here.
+pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
 
 /// A field that failed validation, named so that a refusal can say exactly what was wrong.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -1,14 +1,17 @@
 //! Streaming an actor's envs into the replay shards.
 //!
 //! - [`chunker`]: cuts each env's stream into chunks (pure);
-//! - [`backoff`]: exponential backoff with jitter for every retry (pure);
 //! - [`resolver`]: the shard map as the actor sees it, and one channel per shard address;
 //! - [`writer`]: one `Insert` stream per shard with bounded in-flight chunks, reconnecting and
 //!   resending unacknowledged chunks after a failure (its bookkeeping is pure and unit-tested);
 //! - [`run`]: the actor process: register, fetch the experiment and shard map, simulate, stream,
 //!   keep the lease, drain on shutdown.
+//!
+//! Backoff, connections and the coordinator's calls are the `client` crate's.
 
-pub mod backoff;
+/// Re-exported for the learner, which still imports `actor::stream::backoff::Backoff`; remove once
+/// it imports `client::backoff`.
+pub use client::backoff;
 pub mod chunker;
 pub mod resolver;
 pub mod run;

@@ -14,20 +14,17 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{anyhow, bail, Context, Result};
-use common::config::ConfigDoc;
-use proto::pb::coordinator_client::CoordinatorClient;
-use proto::pb::{self, Role};
+use anyhow::{bail, Context, Result};
+use client::connect::{status_line, RPC_DEADLINE};
+use client::coordinator::{CoordinatorHandle, Registration, Role};
 use tokio::sync::{mpsc, watch};
-use tonic::transport::Channel;
 
-use super::backoff::Backoff;
 use super::chunker::{Chunk, Chunker};
-use super::resolver::{endpoint, ShardResolver, MAX_MESSAGE_BYTES};
+use super::resolver::ShardResolver;
 use super::writer::{ShardWriter, WriterReport};
 use crate::envs::{EnvConfig, EnvId, VecEnv};
 
@@ -96,156 +93,41 @@ impl ActorReport {
     }
 }
 
-/// A random incarnation per process (time and pid through SplitMix64), so a restarted actor
-/// opens new streams.
-pub fn new_incarnation() -> u64 {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-    common::rng::splitmix64(nanos as u64 ^ (u64::from(std::process::id()) << 40))
-}
-
-/// Connects to the coordinator, retrying with exponential backoff and jitter until `timeout`.
-/// The channel reconnects by itself later, so a coordinator restart needs no new one.
-async fn connect_coordinator(addr: &str, timeout: Duration) -> Result<CoordinatorClient<Channel>> {
-    let start = Instant::now();
-    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5), new_incarnation());
-    let endpoint = endpoint(addr).map_err(|e| anyhow!("--coordinator {e}"))?;
-    loop {
-        match endpoint.connect().await {
-            Ok(ch) => {
-                return Ok(CoordinatorClient::new(ch)
-                    .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                    .max_encoding_message_size(MAX_MESSAGE_BYTES))
-            }
-            Err(e) if start.elapsed() < timeout => {
-                let delay = backoff.next_delay();
-                eprintln!("coordinator {addr} not reachable ({e}); retrying in {delay:.1?}");
-                tokio::time::sleep(delay).await;
-            }
-            Err(e) => bail!("--coordinator {addr}: not reachable after {timeout:?}: {e}"),
-        }
-    }
-}
-
-/// Every unary call carries a deadline (Conventions).
-const RPC_DEADLINE: Duration = Duration::from_secs(10);
-
-fn with_deadline<T>(message: T) -> tonic::Request<T> {
-    let mut r = tonic::Request::new(message);
-    r.set_timeout(RPC_DEADLINE);
-    r
-}
-
-fn status_line(what: &str, s: tonic::Status) -> anyhow::Error {
-    anyhow!("{what}: {} ({:?})", s.message(), s.code())
-}
-
-/// Keeps this actor's lease until the process ends: a heartbeat every `every`. A coordinator
-/// that answers NOT_FOUND has forgotten the node (it restarted, and node ids are drawn afresh per
-/// start), so the actor registers again with the same identity (`registration`: actor id and
-/// incarnation, so its streams stay its own). An unreachable coordinator is retried with backoff
-/// and logged once per outage; it never stops the actor, whose data path does not need it.
-async fn keep_lease(
-    mut client: CoordinatorClient<Channel>,
-    registration: pb::RegisterRequest,
-    mut node_id: u64,
-    mut every: Duration,
-    reregistrations: Arc<AtomicU64>,
-) {
-    let mut backoff =
-        Backoff::new(Duration::from_millis(100), every.max(Duration::from_millis(100)), registration.incarnation ^ 1);
-    let mut failing_since: Option<Instant> = None;
-    let mut delay = every;
-    loop {
-        tokio::time::sleep(delay).await;
-        let mut request = tonic::Request::new(pb::HeartbeatRequest { node_id });
-        request.set_timeout(every.max(Duration::from_secs(1)));
-        let result = match client.heartbeat(request).await {
-            Ok(_) => Ok(()),
-            Err(s) if s.code() == tonic::Code::NotFound => {
-                match client.register(with_deadline(registration.clone())).await {
-                    Ok(r) => {
-                        let r = r.into_inner();
-                        eprintln!(
-                            "the coordinator no longer knew node {node_id} (did it restart?); registered again as node {}",
-                            r.node_id
-                        );
-                        node_id = r.node_id;
-                        every = Duration::from_millis(r.heartbeat_ms.max(100));
-                        reregistrations.fetch_add(1, Ordering::Relaxed);
-                        metrics::counter!("dsm_actor_reregistrations_total").increment(1);
-                        Ok(())
-                    }
-                    Err(s) => Err(format!("registering again: {} ({:?})", s.message(), s.code())),
-                }
-            }
-            Err(s) => Err(format!("{} ({:?})", s.message(), s.code())),
-        };
-        match result {
-            Ok(()) => {
-                if let Some(t) = failing_since.take() {
-                    eprintln!("coordinator reachable again after {:.1} s", t.elapsed().as_secs_f64());
-                }
-                backoff.reset();
-                delay = every;
-            }
-            Err(why) => {
-                if failing_since.is_none() {
-                    eprintln!("heartbeat failed: {why}; retrying with backoff");
-                    failing_since = Some(Instant::now());
-                }
-                metrics::counter!("dsm_actor_heartbeat_failures_total").increment(1);
-                delay = backoff.next_delay();
-            }
-        }
-    }
-}
+/// Re-exported for the learner, which still calls `actor::stream::run::new_incarnation`; remove
+/// once it calls `common::incarnation::new_incarnation`.
+pub use common::incarnation::new_incarnation;
 
 pub async fn run(opts: ActorOptions, shutdown: impl Future<Output = ()> + Send) -> Result<ActorReport> {
-    let incarnation = new_incarnation();
-    let mut coordinator = connect_coordinator(&opts.coordinator, opts.connect_timeout).await?;
-    let registration = pb::RegisterRequest {
-        role: Role::Actor as i32,
-        advertise: String::new(),
+    let incarnation = common::incarnation::new_incarnation();
+    let coordinator =
+        CoordinatorHandle::connect(&opts.coordinator, opts.connect_timeout).await.context("--coordinator")?;
+    let registration = Registration {
         env_id: opts.env.to_string(),
         actor_id: opts.actor_id,
-        incarnation,
-        shard_id: None,
+        ..Registration::new(Role::Actor, incarnation)
     };
-    let reg = coordinator
-        .register(with_deadline(registration.clone()))
+    let lease = coordinator
+        .register(&registration)
         .await
-        .map_err(|s| status_line("registering with the coordinator", s))?
-        .into_inner();
-    let experiment = coordinator
-        .get_experiment(with_deadline(pb::GetExperimentRequest {}))
-        .await
-        .map_err(|s| status_line("fetching the experiment", s))?
-        .into_inner();
-    let doc = ConfigDoc::parse(&experiment.config_toml, "the coordinator's experiment")?;
-    let env_config = EnvConfig::resolve(opts.env, &doc.section("env"))?;
-    let map = coordinator
-        .get_shard_map(with_deadline(pb::GetShardMapRequest {}))
-        .await
-        .map_err(|s| status_line("fetching the shard map", s))?
-        .into_inner();
-    if map.slots.is_empty() {
+        .map_err(|s| anyhow::anyhow!(status_line("registering with the coordinator", &s)))?;
+    // Registering fixed the experiment's env if nothing had, so there is one now.
+    let Some(experiment) = coordinator.experiment().await? else {
+        bail!("the coordinator has no experiment although this actor registered");
+    };
+    let env_config = EnvConfig::resolve(opts.env, &experiment.config.section("env"))?;
+    let map = coordinator.shard_map(RPC_DEADLINE).await?;
+    if map.num_slots() == 0 {
         bail!("the coordinator's shard map has no slots");
     }
-    let k = map.slots.len() as u32;
+    let k = map.num_slots();
     eprintln!(
         "actor {} (incarnation {incarnation:016x}): {} × {} into {k} shards, chunks of {} steps",
         opts.actor_id, opts.envs, opts.env, experiment.chunk_steps
     );
 
-    // Heartbeats keep the lease; they stop with the process.
-    let reregistrations = Arc::new(AtomicU64::new(0));
-    let heartbeat = tokio::spawn(keep_lease(
-        coordinator.clone(),
-        registration,
-        reg.node_id,
-        Duration::from_millis(reg.heartbeat_ms.max(100)),
-        reregistrations.clone(),
-    ));
+    // Heartbeats keep the lease (registering again with a coordinator that forgot this actor);
+    // they stop when the keeper is dropped.
+    let lease = coordinator.keep_lease(registration, lease);
 
     // Streams → shards, one writer per shard used.
     let mut by_shard: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
@@ -254,7 +136,7 @@ pub async fn run(opts: ActorOptions, shutdown: impl Future<Output = ()> + Send) 
     }
     // riab-goal's policy: trained once per experiment and cached under the workdir, off the async
     // threads (the heartbeats keep the lease meanwhile).
-    let (config, workdir, policy_seed) = (env_config.clone(), opts.workdir.clone(), doc.experiment()?.seed);
+    let (config, workdir, policy_seed) = (env_config.clone(), opts.workdir.clone(), experiment.seed);
     let policy = tokio::task::spawn_blocking(move || {
         crate::goal_policy::for_env(&config, policy_seed, &workdir, crate::goal_policy::log_event)
     })
@@ -348,8 +230,8 @@ pub async fn run(opts: ActorOptions, shutdown: impl Future<Output = ()> + Send) 
             }
         }
     }
-    heartbeat.abort();
-    report.reregistrations = reregistrations.load(Ordering::Relaxed);
+    report.reregistrations = lease.reregistrations();
+    drop(lease);
     let unacked = report.unacknowledged();
     if unacked > 0 {
         let list: Vec<String> = report

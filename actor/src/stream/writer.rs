@@ -32,12 +32,12 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use client::backoff::Backoff;
 use proto::pb::{self, insert_request::Kind};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::backoff::Backoff;
 use super::chunker::Chunk;
 use super::resolver::ShardResolver;
 
@@ -46,7 +46,7 @@ const RECONNECT_BASE: Duration = Duration::from_millis(100);
 /// Longest delay between reconnection attempts: short, because the simulation waits meanwhile.
 const RECONNECT_CAP: Duration = Duration::from_secs(2);
 /// Deadline for opening the `Insert` stream (the stream itself is long-lived and has none; HTTP/2
-/// keepalive detects a dead peer, see [`super::resolver::endpoint`]).
+/// keepalive detects a dead peer, see [`client::connect::endpoint`]).
 const OPEN_DEADLINE: Duration = Duration::from_secs(10);
 
 /// What a writer did, for the shutdown log and the tests.

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::Parser;
 
+use client::shutdown::shutdown_signal;
 use common::config::ConfigDoc;
 use coordinator::experiment::Experiment;
 use coordinator::server::{serve, ServeOptions};
@@ -105,22 +106,6 @@ async fn run(cli: Cli) -> Result<()> {
     serve(listener, options, experiment, shutdown_signal()).await?;
     eprintln!("coordinator stopped");
     Ok(())
-}
-
-/// Resolves on SIGTERM or Ctrl-C.
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("installing a SIGTERM handler");
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
 }
 
 #[cfg(test)]

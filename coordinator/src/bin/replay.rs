@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::Parser;
 
+use client::shutdown::shutdown_signal;
 use coordinator::replay_node::{run_replay_node, ReplayNodeOptions};
 
 /// A replay shard for scale-out: it fetches the experiment from the coordinator, takes a shard
@@ -81,22 +82,6 @@ async fn run(cli: Cli) -> Result<()> {
     .await?;
     eprintln!("replay stopped");
     Ok(())
-}
-
-/// Resolves on SIGTERM or Ctrl-C.
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("installing a SIGTERM handler");
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
 }
 
 #[cfg(test)]

@@ -44,7 +44,7 @@ use clap::{Parser, ValueEnum};
 use common::config::ConfigDoc;
 use coordinator::experiment::Experiment;
 use coordinator::replay_config::ReplayConfig;
-use coordinator::server::{serve_coordinator, MAX_MESSAGE_BYTES};
+use coordinator::server::serve_coordinator;
 use coordinator::service::validate;
 use coordinator::shard::{PackedWindows, Shard};
 use coordinator::shard_checkpoint::CheckpointDir;
@@ -53,7 +53,7 @@ use proto::pb::replay_client::ReplayClient;
 use proto::pb::{self, insert_request::Kind};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 /// Reverb, as a user measured it (google-deepmind/reverb issue #58): about 224K frames/s with one
 /// server. Every rate is set against it. (The issue's 268K is another row of the same table: four
@@ -296,18 +296,11 @@ impl Server {
     }
 }
 
-/// A connection as the actor opens one (`actor/src/stream/run.rs`): no Nagle, adaptive HTTP/2
-/// windows.
+/// A connection as the actor opens one (`client::connect::endpoint`: no Nagle, adaptive HTTP/2
+/// windows, keepalive, the protocol's message limits).
 async fn connect(addr: SocketAddr) -> Result<ReplayClient<Channel>> {
-    let channel = Endpoint::from_shared(format!("http://{addr}"))?
-        .connect_timeout(Duration::from_secs(5))
-        .tcp_nodelay(true)
-        .http2_adaptive_window(true)
-        .connect()
-        .await?;
-    Ok(ReplayClient::new(channel)
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES))
+    let channel = client::connect::endpoint(&addr.to_string())?.connect().await?;
+    Ok(client::connect::replay_client(channel))
 }
 
 async fn stats(addr: SocketAddr) -> Result<pb::StatsResponse> {

@@ -9,25 +9,68 @@
 //!
 //! Failover: a shard whose call fails (unreachable, restarting, no longer at that address) is set
 //! aside and the batch is drawn from the shards that answer, uniform over *their* valid starts.
-//! The dead shard is retried with exponential backoff and jitter; each retry re-fetches the shard
-//! map first (its slot may have moved to another node, or be unserved for now), and once its
-//! `Stats` answers it is drawn from again. With every shard down the client waits, saying so.
+//! The dead shard is retried with exponential backoff and jitter ([`Backoff`]); each retry
+//! re-fetches the shard map through the [`CoordinatorHandle`] first (its slot may have moved to
+//! another node, or be unserved for now), and once its `Stats` answers it is drawn from again.
+//! With every shard down the client waits, saying so.
+//!
+//! Metrics: `dsm_learner_sampled_windows_total{shard}`, `dsm_learner_shard_failures_total{shard}`
+//! and `dsm_learner_live_shards`.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context, Result};
+use common::shard::{ShardAddresses, StreamKey};
 use futures::future::join_all;
-use proto::pb::coordinator_client::CoordinatorClient;
 use proto::pb::replay_client::ReplayClient;
 use proto::pb::{self};
+use proto::FieldViolation;
 use rand::Rng;
 use tokio::sync::mpsc;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
-use crate::server::MAX_MESSAGE_BYTES;
-use crate::table::StreamKey;
+use crate::backoff::Backoff;
+use crate::connect::{self, error_chain, with_deadline, RPC_DEADLINE};
+use crate::coordinator::{ClientError, CoordinatorHandle};
+
+/// First and largest pause between retries of a dead shard.
+const RETRY_FIRST: Duration = Duration::from_millis(100);
+const RETRY_CAP: Duration = Duration::from_secs(2);
+/// How long a connection to a shard may take: shorter than other clients', because a batch waits
+/// while a dead shard is probed.
+const SHARD_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Deadline of a dead shard's probe (`Stats`) and of a shard map refresh.
+const PROBE_DEADLINE: Duration = Duration::from_secs(2);
+/// Deadline of the `Stats` calls before each draw.
+const STATS_DEADLINE: Duration = Duration::from_secs(5);
+/// A `Sample` call's deadline on top of the time the shard may wait for its limiter: the transfer.
+const TRANSFER_ALLOWANCE: Duration = Duration::from_secs(10);
+/// First and largest pause while no shard has anything to sample yet.
+const IDLE_FIRST: Duration = Duration::from_millis(5);
+const IDLE_CAP: Duration = Duration::from_millis(500);
+
+#[derive(Debug, thiserror::Error)]
+pub enum SamplingError {
+    #[error("batch size and prefetch must be at least 1")]
+    BadOptions,
+    #[error("coordinator {address}")]
+    Coordinator {
+        address: String,
+        #[source]
+        source: ClientError,
+    },
+    #[error("the shard map has no slots")]
+    NoSlots,
+    /// A call failed in a way that is a bug, not a dead shard (see `is_shard_failure`).
+    #[error("{what} shard {shard}: {} ({:?})", status.message(), status.code())]
+    Shard { what: &'static str, shard: u32, status: tonic::Status },
+    #[error("shard {shard}: {what}")]
+    Malformed { shard: u32, what: String },
+    #[error("the sampling task stopped")]
+    Stopped,
+}
 
 /// A batch of B windows of W steps, row-major.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -51,7 +94,10 @@ pub struct SampleBatch {
 }
 
 impl SampleBatch {
-    fn append(&mut self, shard: u32, r: pb::SampleResponse) -> Result<()> {
+    /// Appends shard `shard`'s answer, checking its shapes: the wire edge of a sample.
+    fn append(&mut self, shard: u32, r: pb::SampleResponse) -> Result<(), SamplingError> {
+        let malformed = |what: String| SamplingError::Malformed { shard, what };
+        let unpack = |v: FieldViolation| malformed(v.to_string());
         let n = r.windows as usize;
         if n == 0 {
             return Ok(());
@@ -60,19 +106,19 @@ impl SampleBatch {
         if self.windows == 0 {
             (self.window_steps, self.obs_dim, self.action_dim) = (w, s, a);
         } else if (w, s, a) != (self.window_steps, self.obs_dim, self.action_dim) {
-            bail!("shard {shard} serves windows of another shape ({w} steps × {s})");
+            return Err(malformed(format!("serves windows of another shape ({w} steps × {s})")));
         }
-        self.observations.extend(proto::unpack_f32("observations", &r.observations, n * w * s)?);
+        self.observations.extend(proto::unpack_f32("observations", &r.observations, n * w * s).map_err(unpack)?);
         if r.step_types.len() != n * w {
-            bail!("shard {shard}: step_types has {} entries, expected {}", r.step_types.len(), n * w);
+            return Err(malformed(format!("step_types has {} entries, expected {}", r.step_types.len(), n * w)));
         }
         self.step_types.extend_from_slice(&r.step_types);
-        self.actions.extend(proto::unpack_f32("actions", &r.actions, n * w * a)?);
+        self.actions.extend(proto::unpack_f32("actions", &r.actions, n * w * a).map_err(unpack)?);
         if !r.rewards.is_empty() {
-            self.rewards.extend(proto::unpack_f32("rewards", &r.rewards, n * w)?);
+            self.rewards.extend(proto::unpack_f32("rewards", &r.rewards, n * w).map_err(unpack)?);
         }
         if r.streams.len() != n || r.start_steps.len() != n {
-            bail!("shard {shard}: window metadata does not match {n} windows");
+            return Err(malformed(format!("window metadata does not match {n} windows")));
         }
         self.streams.extend(r.streams.iter().map(|s| StreamKey {
             actor_id: s.actor_id,
@@ -93,7 +139,7 @@ pub struct SamplingOptions {
     pub prefetch: usize,
     /// How long one `Sample` call may wait on a shard's rate limiter.
     pub shard_timeout: Duration,
-    /// Seed of the shard-allocation draws.
+    /// Seed of the shard-allocation draws and of the retries' jitter.
     pub seed: u64,
 }
 
@@ -104,7 +150,7 @@ impl Default for SamplingOptions {
 }
 
 pub struct SamplingClient {
-    rx: mpsc::Receiver<Result<SampleBatch>>,
+    rx: mpsc::Receiver<Result<SampleBatch, SamplingError>>,
     windows_per_shard: Arc<Vec<AtomicU64>>,
     failures_per_shard: Arc<Vec<AtomicU64>>,
     task: tokio::task::JoinHandle<()>,
@@ -116,36 +162,30 @@ impl Drop for SamplingClient {
     }
 }
 
-async fn connect(addr: &str) -> Result<Channel> {
-    let uri = if addr.contains("://") { addr.to_string() } else { format!("http://{addr}") };
-    Ok(Endpoint::from_shared(uri)?.connect_timeout(Duration::from_secs(2)).tcp_nodelay(true).connect().await?)
+/// A channel to the shard at `address`, connected now.
+async fn connect_shard(address: &str) -> Result<Channel, String> {
+    let endpoint = connect::endpoint(address).map_err(|e| e.to_string())?.connect_timeout(SHARD_CONNECT_TIMEOUT);
+    endpoint.connect().await.map_err(|e| error_chain(&e))
 }
-
-fn replay_client(ch: Channel) -> ReplayClient<Channel> {
-    ReplayClient::new(ch).max_decoding_message_size(MAX_MESSAGE_BYTES).max_encoding_message_size(MAX_MESSAGE_BYTES)
-}
-
-/// First and largest pause between retries of a dead shard.
-const RETRY_FIRST: Duration = Duration::from_millis(100);
-const RETRY_CAP: Duration = Duration::from_secs(2);
 
 /// One shard slot as the client sees it.
 struct Slot {
     id: u32,
-    /// Where the shard map last said it is ("" while unserved).
-    address: String,
+    /// Where the shard map last said it is (`None` while unserved).
+    address: Option<String>,
     /// `None` while the shard is set aside.
     client: Option<ReplayClient<Channel>>,
     retry_at: Instant,
-    backoff: Duration,
+    backoff: Backoff,
 }
 
-/// The slots, the coordinator to re-resolve them through, and the jitter stream.
+/// The slots, and the coordinator to re-resolve them through.
 struct Shards {
-    coordinator: CoordinatorClient<Channel>,
+    coordinator: CoordinatorHandle,
     map_version: u64,
     slots: Vec<Slot>,
-    rng: common::rng::StreamRng,
+    /// The pause while nothing is sampleable anywhere; reset at each batch.
+    idle: Backoff,
 }
 
 impl Shards {
@@ -157,38 +197,32 @@ impl Shards {
     fn fail(&mut self, i: usize, why: &str, failures: &[AtomicU64]) {
         let slot = &mut self.slots[i];
         if slot.client.take().is_some() {
-            slot.backoff = RETRY_FIRST;
+            slot.backoff.reset();
             failures[i].fetch_add(1, Ordering::Relaxed);
             metrics::counter!("dsm_learner_shard_failures_total", "shard" => slot.id.to_string()).increment(1);
             let live = self.live();
             eprintln!("sampling: shard {} failed ({why}); going on with {live} live shard(s)", self.slots[i].id);
             metrics::gauge!("dsm_learner_live_shards").set(live as f64);
         }
-        let j: f64 = self.rng.random();
         let slot = &mut self.slots[i];
-        slot.retry_at = Instant::now() + slot.backoff.mul_f64(0.5 + j);
-        slot.backoff = (slot.backoff * 2).min(RETRY_CAP);
+        slot.retry_at = Instant::now() + slot.backoff.next_delay();
     }
 
     /// Re-fetches the shard map; a slot whose address changed is reconnected on its next retry.
     async fn refresh_map(&mut self) {
-        let mut r = tonic::Request::new(pb::GetShardMapRequest {});
-        r.set_timeout(Duration::from_secs(2));
-        let Ok(map) = self.coordinator.get_shard_map(r).await else {
+        let Ok(map) = self.coordinator.shard_map(PROBE_DEADLINE).await else {
             return; // the coordinator is down too: keep the addresses we have
         };
-        let map = map.into_inner();
         if map.version == self.map_version {
             return;
         }
         self.map_version = map.version;
-        for s in map.slots {
-            if let Some(slot) = self.slots.iter_mut().find(|x| x.id == s.shard_id) {
-                if slot.address != s.address {
-                    slot.address = s.address;
-                    slot.client = None;
-                    slot.retry_at = Instant::now();
-                }
+        for slot in &mut self.slots {
+            let address = map.address(slot.id);
+            if slot.address.as_deref() != address {
+                slot.address = address.map(str::to_string);
+                slot.client = None;
+                slot.retry_at = Instant::now();
             }
         }
     }
@@ -206,27 +240,27 @@ impl Shards {
             if slot.client.is_some() || slot.retry_at > now {
                 continue;
             }
-            if slot.address.is_empty() {
+            let Some(address) = slot.address.clone() else {
                 self.fail(i, "unserved", failures);
                 continue;
-            }
+            };
+            let id = slot.id;
             let probe = async {
-                let mut c = replay_client(connect(&slot.address).await?);
-                let mut r = tonic::Request::new(pb::StatsRequest { shard_id: slot.id });
-                r.set_timeout(Duration::from_secs(2));
-                c.stats(r).await.map_err(|s| anyhow!("{} ({:?})", s.message(), s.code()))?;
-                anyhow::Ok(c)
+                let mut c = connect::replay_client(connect_shard(&address).await?);
+                let r = with_deadline(pb::StatsRequest { shard_id: id }, PROBE_DEADLINE);
+                c.stats(r).await.map_err(|s| format!("{} ({:?})", s.message(), s.code()))?;
+                Ok::<_, String>(c)
             };
             match probe.await {
                 Ok(c) => {
                     let slot = &mut self.slots[i];
                     slot.client = Some(c);
-                    slot.backoff = RETRY_FIRST;
+                    slot.backoff.reset();
                     back += 1;
-                    eprintln!("sampling: shard {} is back (at {})", slot.id, slot.address);
+                    eprintln!("sampling: shard {id} is back (at {address})");
                     metrics::gauge!("dsm_learner_live_shards").set(self.live() as f64);
                 }
-                Err(e) => self.fail(i, &format!("{e:#}"), failures),
+                Err(e) => self.fail(i, &e, failures),
             }
         }
         back
@@ -234,55 +268,37 @@ impl Shards {
 }
 
 impl SamplingClient {
-    /// Resolves the shard map through the coordinator and starts prefetching. Shards that are
-    /// unserved or unreachable now are retried in the background.
-    pub async fn connect(coordinator: &str, options: SamplingOptions) -> Result<SamplingClient> {
-        if options.batch_size == 0 || options.prefetch == 0 {
-            bail!("batch size and prefetch must be at least 1");
-        }
-        let mut c =
-            CoordinatorClient::new(connect(coordinator).await.with_context(|| format!("coordinator {coordinator}"))?)
-                .max_decoding_message_size(MAX_MESSAGE_BYTES);
-        let map = c
-            .get_shard_map(pb::GetShardMapRequest {})
+    /// Connects to the coordinator at `coordinator` (one attempt), resolves the shard map through
+    /// it and starts prefetching ([`SamplingClient::start`]).
+    pub async fn connect(coordinator: &str, options: SamplingOptions) -> Result<SamplingClient, SamplingError> {
+        check(&options)?;
+        let handle = CoordinatorHandle::connect(coordinator, Duration::ZERO)
             .await
-            .map_err(|s| anyhow!("shard map: {}", s.message()))?
-            .into_inner();
-        if map.slots.is_empty() {
-            bail!("the shard map has no slots");
+            .map_err(|source| SamplingError::Coordinator { address: coordinator.to_string(), source })?;
+        SamplingClient::start(handle, options).await
+    }
+
+    /// Resolves the shard map through `coordinator` and starts prefetching on the current tokio
+    /// runtime. Shards that are unserved or unreachable now are retried in the background.
+    pub async fn start(
+        coordinator: CoordinatorHandle,
+        options: SamplingOptions,
+    ) -> Result<SamplingClient, SamplingError> {
+        check(&options)?;
+        let map = coordinator
+            .shard_map(RPC_DEADLINE)
+            .await
+            .map_err(|source| SamplingError::Coordinator { address: coordinator.address().to_string(), source })?;
+        if map.num_slots() == 0 {
+            return Err(SamplingError::NoSlots);
         }
-        let now = Instant::now();
-        let mut slots = Vec::new();
-        let mut by_address: std::collections::HashMap<String, Channel> = Default::default();
-        for slot in &map.slots {
-            let client = match by_address.get(&slot.address) {
-                Some(ch) => Some(replay_client(ch.clone())),
-                None if slot.address.is_empty() => None,
-                None => match connect(&slot.address).await {
-                    Ok(ch) => {
-                        by_address.insert(slot.address.clone(), ch.clone());
-                        Some(replay_client(ch))
-                    }
-                    Err(e) => {
-                        eprintln!("sampling: shard {} at {} not reachable yet ({e:#})", slot.shard_id, slot.address);
-                        None
-                    }
-                },
-            };
-            slots.push(Slot {
-                id: slot.shard_id,
-                address: slot.address.clone(),
-                client,
-                retry_at: now,
-                backoff: RETRY_FIRST,
-            });
-        }
+        let slots = connect_slots(&map, options.seed).await;
         let n = slots.len();
         let mut shards = Shards {
-            coordinator: c,
+            coordinator,
             map_version: map.version,
             slots,
-            rng: common::rng::stream(options.seed, &["sampler-retry".into()]),
+            idle: Backoff::new(IDLE_FIRST, IDLE_CAP, common::rng::derive_seed(options.seed, &["sampler-idle".into()])),
         };
         let windows_per_shard: Arc<Vec<AtomicU64>> = Arc::new((0..n).map(|_| AtomicU64::new(0)).collect());
         let failures_per_shard: Arc<Vec<AtomicU64>> = Arc::new((0..n).map(|_| AtomicU64::new(0)).collect());
@@ -301,9 +317,10 @@ impl SamplingClient {
         Ok(SamplingClient { rx, windows_per_shard, failures_per_shard, task })
     }
 
-    /// The next batch; waits while the store has nothing to sample.
-    pub async fn next(&mut self) -> Result<SampleBatch> {
-        self.rx.recv().await.unwrap_or_else(|| Err(anyhow!("the sampling task stopped")))
+    /// The next batch; waits while the store has nothing to sample. After an error every later
+    /// call answers [`SamplingError::Stopped`].
+    pub async fn next(&mut self) -> Result<SampleBatch, SamplingError> {
+        self.rx.recv().await.unwrap_or(Err(SamplingError::Stopped))
     }
 
     /// Windows received from each shard so far (index = shard id).
@@ -315,6 +332,49 @@ impl SamplingClient {
     pub fn failures_per_shard(&self) -> Vec<u64> {
         self.failures_per_shard.iter().map(|c| c.load(Ordering::Relaxed)).collect()
     }
+}
+
+fn check(options: &SamplingOptions) -> Result<(), SamplingError> {
+    if options.batch_size == 0 || options.prefetch == 0 {
+        return Err(SamplingError::BadOptions);
+    }
+    Ok(())
+}
+
+/// One slot per shard of `map`, connected now where that works (one channel per address: the
+/// in-process shards of a coordinator share its port); the others are retried by the task.
+async fn connect_slots(map: &ShardAddresses, seed: u64) -> Vec<Slot> {
+    let now = Instant::now();
+    let mut by_address: HashMap<String, Channel> = HashMap::new();
+    let mut slots = Vec::new();
+    for id in 0..map.num_slots() {
+        let address = map.address(id);
+        let client = match address {
+            None => None,
+            Some(a) => match by_address.get(a) {
+                Some(ch) => Some(connect::replay_client(ch.clone())),
+                None => match connect_shard(a).await {
+                    Ok(ch) => {
+                        by_address.insert(a.to_string(), ch.clone());
+                        Some(connect::replay_client(ch))
+                    }
+                    Err(e) => {
+                        eprintln!("sampling: shard {id} at {a} not reachable yet ({e})");
+                        None
+                    }
+                },
+            },
+        };
+        let seed = common::rng::derive_seed(seed, &["sampler-retry".into(), id.into()]);
+        slots.push(Slot {
+            id,
+            address: address.map(str::to_string),
+            client,
+            retry_at: now,
+            backoff: Backoff::new(RETRY_FIRST, RETRY_CAP, seed),
+        });
+    }
+    slots
 }
 
 /// Whether a failed call means the shard is gone (set it aside) rather than a bug (report it).
@@ -350,9 +410,9 @@ async fn next_batch<R: Rng>(
     rng: &mut R,
     counters: &[AtomicU64],
     failures: &[AtomicU64],
-) -> Result<SampleBatch> {
+) -> Result<SampleBatch, SamplingError> {
     let mut batch = SampleBatch::default();
-    let mut idle = Duration::from_millis(5);
+    shards.idle.reset();
     let mut said_all_down = false;
     while batch.windows < options.batch_size {
         shards.revive(failures).await;
@@ -365,14 +425,12 @@ async fn next_batch<R: Rng>(
             tokio::time::sleep_until(next.max(Instant::now() + Duration::from_millis(5)).into()).await;
             continue;
         }
-        let stats = join_all(shards.slots.iter_mut().map(|slot| {
+        let stats = join_all(shards.slots.iter().map(|slot| {
             let id = slot.id;
             let client = slot.client.clone();
             async move {
                 let mut c = client?;
-                let mut r = tonic::Request::new(pb::StatsRequest { shard_id: id });
-                r.set_timeout(Duration::from_secs(5));
-                Some(c.stats(r).await)
+                Some(c.stats(with_deadline(pb::StatsRequest { shard_id: id }, STATS_DEADLINE)).await)
             }
         }))
         .await;
@@ -383,15 +441,16 @@ async fn next_batch<R: Rng>(
                 Some(Err(s)) if is_shard_failure(s.code()) || s.code() == tonic::Code::DeadlineExceeded => {
                     shards.fail(i, s.message(), failures)
                 }
-                Some(Err(s)) => bail!("stats of shard {}: {} ({:?})", shards.slots[i].id, s.message(), s.code()),
+                Some(Err(status)) => {
+                    return Err(SamplingError::Shard { what: "stats of", shard: shards.slots[i].id, status })
+                }
                 None => {}
             }
         }
         let want = allocate(options.batch_size - batch.windows, &weights, rng);
         if want.iter().all(|&n| n == 0) {
             // Nothing to sample anywhere yet: wait with backoff.
-            tokio::time::sleep(idle).await;
-            idle = (idle * 2).min(Duration::from_millis(500));
+            tokio::time::sleep(shards.idle.next_delay()).await;
             continue;
         }
         let timeout_ms = options.shard_timeout.as_millis() as u64;
@@ -399,9 +458,11 @@ async fn next_batch<R: Rng>(
             |((i, slot), &n)| {
                 let mut c = slot.client.clone()?;
                 let id = slot.id;
-                let mut r = tonic::Request::new(pb::SampleRequest { shard_id: id, count: n as u32, timeout_ms });
                 // The server waits up to timeout_ms for its limiter; allow for the transfer on top.
-                r.set_timeout(Duration::from_millis(timeout_ms) + Duration::from_secs(10));
+                let r = with_deadline(
+                    pb::SampleRequest { shard_id: id, count: n as u32, timeout_ms },
+                    Duration::from_millis(timeout_ms) + TRANSFER_ALLOWANCE,
+                );
                 Some(async move { (i, id, c.sample(r).await) })
             },
         ))
@@ -418,7 +479,7 @@ async fn next_batch<R: Rng>(
                 // The shard's rate limiter said not yet: try again on the next round.
                 Err(s) if s.code() == tonic::Code::DeadlineExceeded => {}
                 Err(s) if is_shard_failure(s.code()) => shards.fail(i, s.message(), failures),
-                Err(s) => bail!("sampling shard {id}: {} ({:?})", s.message(), s.code()),
+                Err(status) => return Err(SamplingError::Shard { what: "sampling", shard: id, status }),
             }
         }
     }
@@ -441,5 +502,37 @@ mod tests {
             assert!((*g as f64 / 100_000.0 - w).abs() < 0.01, "{got:?}");
         }
         assert_eq!(allocate(5, &[0, 0], &mut rng), [0, 0]);
+    }
+
+    fn response(windows: u32, window_steps: u32, obs_dim: u32) -> pb::SampleResponse {
+        let n = (windows * window_steps) as usize;
+        pb::SampleResponse {
+            windows,
+            window_steps,
+            obs_dim,
+            action_dim: 0,
+            observations: vec![0; n * obs_dim as usize * 4],
+            step_types: vec![1; n],
+            streams: (0..windows).map(|i| pb::StreamId { actor_id: 1, incarnation: 2, env_index: i }).collect(),
+            start_steps: (0..u64::from(windows)).collect(),
+            ..Default::default()
+        }
+    }
+
+    /// Answers of one shape append; another shape, or a short payload, is refused naming the
+    /// shard.
+    #[test]
+    fn answers_append_and_malformed_ones_name_the_shard() {
+        let mut batch = SampleBatch::default();
+        batch.append(0, response(2, 3, 4)).unwrap();
+        batch.append(1, response(1, 3, 4)).unwrap();
+        assert_eq!((batch.windows, batch.observations.len(), batch.shards.as_slice()), (3, 36, &[0, 0, 1][..]));
+        assert_eq!(batch.streams[1], StreamKey { actor_id: 1, incarnation: 2, env_index: 1 });
+        let err = batch.append(2, response(1, 4, 4)).unwrap_err().to_string();
+        assert!(err.starts_with("shard 2: serves windows of another shape"), "{err}");
+        let mut short = response(1, 3, 4);
+        short.observations.pop();
+        let err = SampleBatch::default().append(5, short).unwrap_err().to_string();
+        assert!(err.starts_with("shard 5: observations:"), "{err}");
     }
 }
