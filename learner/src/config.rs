@@ -179,6 +179,10 @@ pub struct TrainConfig {
     pub checkpoint_every: u64,
     /// Complete checkpoints kept.
     pub keep_checkpoints: usize,
+    /// With a coordinator: versions no evaluator has finished yet, kept on top of
+    /// `keep_checkpoints` so that lagging evaluators still find them (older ones are recorded in the
+    /// registry as skipped and deleted).
+    pub keep_unevaluated: usize,
     /// Iterations between log lines when stderr is not a terminal.
     pub log_every: u64,
     /// Batch rows per forward/backward pass (0: the whole batch at once). The loss is a mean of
@@ -211,6 +215,7 @@ impl Default for TrainConfig {
             target_update: 0.01,
             checkpoint_every: 10_000,
             keep_checkpoints: 3,
+            keep_unevaluated: 10,
             log_every: 1_000,
             batch_chunk: 0,
             discriminator_steps: 1,

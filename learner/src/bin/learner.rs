@@ -39,6 +39,14 @@ struct Cli {
     /// experiment yet, at start [default: 60].
     #[arg(long, conflicts_with = "dataset")]
     connect_timeout_seconds: Option<u64>,
+    /// With --coordinator: where the checkpoint store listens, from which evaluators on other
+    /// machines fetch checkpoints (port 0: any free port) [default: 127.0.0.1:0].
+    #[arg(long, value_name = "HOST:PORT", conflicts_with = "dataset")]
+    listen: Option<String>,
+    /// With --coordinator: the checkpoint store's address as published in the registry
+    /// [default: the address it is bound to].
+    #[arg(long, value_name = "HOST:PORT", conflicts_with = "dataset")]
+    advertise: Option<String>,
     /// Total iterations (one discriminator step + one generator step each); overrides
     /// train.steps. A resumed run continues up to this count.
     #[arg(long)]
@@ -111,6 +119,10 @@ fn main_inner(cli: Cli) -> Result<()> {
             if let Some(s) = cli.connect_timeout_seconds {
                 options.connect_timeout = std::time::Duration::from_secs(s);
             }
+            if let Some(listen) = cli.listen {
+                options.listen = listen;
+            }
+            options.advertise = cli.advertise;
             run_from_coordinator::<Autodiff<NdArray>>(doc, &options, &cli.workdir, Default::default())?
         }
         (None, None) => anyhow::bail!("give --dataset FILE or --coordinator HOST:PORT"),

@@ -77,6 +77,28 @@ impl CheckpointDir {
 
     /// Marks `dir` complete (fsyncing its files first), then prunes old checkpoints.
     pub fn commit(&self, dir: &Path) -> std::io::Result<()> {
+        self.mark_done(dir)?;
+        let complete = self.complete();
+        if complete.len() > self.keep {
+            for (_, old) in &complete[..complete.len() - self.keep] {
+                fs::remove_dir_all(old)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The number of newest checkpoints always kept.
+    pub fn keep(&self) -> usize {
+        self.keep
+    }
+
+    /// Removes checkpoint `step` (a publisher that decided its fate with the registry).
+    pub fn remove(&self, step: u64) -> std::io::Result<()> {
+        fs::remove_dir_all(self.dir_for(step))
+    }
+
+    /// Marks `dir` complete (fsyncing its files first), pruning nothing.
+    pub fn mark_done(&self, dir: &Path) -> std::io::Result<()> {
         for entry in fs::read_dir(dir)? {
             let path = entry?.path();
             if path.is_file() {
@@ -87,12 +109,6 @@ impl CheckpointDir {
         done.write_all(b"complete\n")?;
         done.sync_all()?;
         File::open(dir)?.sync_all()?;
-        let complete = self.complete();
-        if complete.len() > self.keep {
-            for (_, old) in &complete[..complete.len() - self.keep] {
-                fs::remove_dir_all(old)?;
-            }
-        }
         Ok(())
     }
 }

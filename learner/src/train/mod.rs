@@ -8,6 +8,7 @@
 //!   client, after checking the coordinator's experiment against the model;
 //! - [`publisher`]: checkpoints published to the coordinator's registry in the background;
 //! - [`checkpoint`]: checkpoint directories with a DONE marker, newest N kept;
+//! - [`retention`]: which checkpoints a publishing learner keeps for evaluators that lag;
 //! - [`checkpoint_v2`]: the v2 layout: named `.npy` arrays, state, config, meta, a checksummed manifest;
 //! - [`cross_engine`]: the training state moved between the engines (resume on either);
 //! - [`engine`]: the engine a run uses (fused by default, burn as the reference), behind one type;
@@ -26,6 +27,7 @@ pub mod engine;
 pub mod metrics;
 pub mod publisher;
 pub mod replay_source;
+pub mod retention;
 pub mod run;
 pub mod stop;
 pub mod trainer;

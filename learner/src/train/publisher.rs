@@ -25,7 +25,9 @@ use tokio::runtime::Handle;
 use tokio::sync::Notify;
 use tonic::transport::Channel;
 
+use crate::train::checkpoint::CheckpointDir;
 use crate::train::replay_source::RPC_DEADLINE;
+use crate::train::retention::{self, Evaluated, Fate};
 
 /// Unpublished checkpoints kept while the coordinator is unreachable.
 pub const MAX_PENDING: usize = 16;
@@ -60,6 +62,12 @@ pub struct Publisher {
     queue: Arc<Mutex<Queue>>,
     wake: Arc<Notify>,
     task: tokio::task::JoinHandle<()>,
+    /// For the registry reads of [`Publisher::prune`].
+    client: CoordinatorClient<Channel>,
+    /// This learner's checkpoint store (HOST:PORT), published with every entry.
+    fetch_address: String,
+    /// The newest version whose evaluation has been reported in the log.
+    evaluated_seen: Mutex<u64>,
 }
 
 fn lock(q: &Mutex<Queue>) -> std::sync::MutexGuard<'_, Queue> {
@@ -84,8 +92,15 @@ impl Publisher {
         }
         let queue = Arc::new(Mutex::new(Queue { latest, ..Queue::default() }));
         let wake = Arc::new(Notify::new());
-        let task = runtime.spawn(publish_loop(client, queue.clone(), wake.clone()));
-        Publisher { runtime, queue, wake, task }
+        let task = runtime.spawn(publish_loop(client.clone(), queue.clone(), wake.clone()));
+        Publisher { runtime, queue, wake, task, client, fetch_address: String::new(), evaluated_seen: Mutex::new(0) }
+    }
+
+    /// Publishes `address` (this learner's checkpoint store) with every entry, so evaluators on
+    /// other machines can fetch the files.
+    pub fn with_fetch_address(mut self, address: String) -> Publisher {
+        self.fetch_address = address;
+        self
     }
 
     /// Queues checkpoint `step` (its directory `dir`, complete on disk) for publishing as version
@@ -97,6 +112,7 @@ impl Publisher {
             step,
             uri: format!("file://{}", path.display()),
             metrics: metrics.iter().filter(|(_, v)| v.is_finite()).map(|(k, v)| (k.to_string(), *v)).collect(),
+            fetch_address: self.fetch_address.clone(),
             ..Default::default()
         };
         let mut q = lock(&self.queue);
@@ -110,6 +126,101 @@ impl Publisher {
         }
         drop(q);
         self.wake.notify_one();
+    }
+
+    /// Keeps the checkpoints evaluators still need and deletes the rest ([`retention`]): the
+    /// registry says which versions are evaluated, being evaluated or never will be; a version
+    /// deleted unevaluated is first recorded as skipped (one an evaluator claimed meanwhile stays).
+    /// Also logs, and exports as gauges, the evaluations finished since the last call. Without an
+    /// answer from the registry every version counts as unevaluated.
+    pub fn prune(&self, checkpoints: &CheckpointDir, keep_unevaluated: usize) {
+        use pb::evaluation::State;
+        let steps: Vec<u64> = checkpoints.complete().into_iter().map(|(s, _)| s).collect();
+        let from = steps.first().copied().unwrap_or(0);
+        let mut client = self.client.clone();
+        let listed = self.runtime.block_on(async {
+            let mut r = tonic::Request::new(pb::ListCheckpointsRequest {
+                kind: pb::CheckpointKind::Model as i32,
+                from_version: 0,
+            });
+            r.set_timeout(RPC_DEADLINE);
+            client.list_checkpoints(r).await
+        });
+        let entries = match listed {
+            Ok(r) => r.into_inner().entries,
+            Err(s) => {
+                eprintln!("warning: reading the checkpoint registry: {}; keeping unevaluated checkpoints", s.message());
+                Vec::new()
+            }
+        };
+        self.report_evaluations(&entries);
+        let states: std::collections::HashMap<u64, Evaluated> = entries
+            .iter()
+            .filter(|e| e.version >= from)
+            .map(|e| {
+                let state = match e.evaluation.as_ref().map(|e| e.state()) {
+                    Some(State::Done | State::Skipped) => Evaluated::Final,
+                    Some(State::Claimed) => Evaluated::Claimed,
+                    _ => Evaluated::No,
+                };
+                (e.version, state)
+            })
+            .collect();
+        let fates = retention::fates(&steps, checkpoints.keep(), keep_unevaluated, |s| {
+            states.get(&s).copied().unwrap_or(Evaluated::No)
+        });
+        for (&step, fate) in steps.iter().zip(fates) {
+            match fate {
+                Fate::Keep => continue,
+                Fate::Delete => {}
+                Fate::Skip => {
+                    use pb::skip_evaluation_response::Outcome;
+                    let request = pb::SkipEvaluationRequest {
+                        kind: pb::CheckpointKind::Model as i32,
+                        version: step,
+                        reason: format!("deleted by the learner: more than train.keep_unevaluated = {keep_unevaluated} versions waited for an evaluator"),
+                    };
+                    let mut client = self.client.clone();
+                    let answer = self.runtime.block_on(async {
+                        let mut r = tonic::Request::new(request);
+                        r.set_timeout(RPC_DEADLINE);
+                        client.skip_evaluation(r).await
+                    });
+                    match answer.map(|a| a.into_inner().outcome()) {
+                        Ok(Outcome::Held) => continue,
+                        Ok(_) => {}
+                        // Not in the registry (never published): nothing to record.
+                        Err(s) if s.code() == tonic::Code::NotFound => {}
+                        Err(s) => eprintln!("warning: recording version {step} as skipped: {}", s.message()),
+                    }
+                    metrics::counter!("dsm_learner_checkpoints_skipped_total").increment(1);
+                    eprintln!("checkpoint {step}: deleted before any evaluator took it (skipped)");
+                }
+            }
+            if let Err(e) = checkpoints.remove(step) {
+                eprintln!("warning: removing checkpoint {step}: {e}");
+            }
+        }
+    }
+
+    /// Logs and exports evaluations finished since the last call (the registry's headline).
+    fn report_evaluations(&self, entries: &[pb::CheckpointEntry]) {
+        let mut seen = self.evaluated_seen.lock().unwrap_or_else(|e| e.into_inner());
+        for e in entries {
+            let Some(ev) = &e.evaluation else { continue };
+            if ev.state() != pb::evaluation::State::Done || e.version <= *seen {
+                continue;
+            }
+            *seen = e.version;
+            let mut headline: Vec<(&String, &f64)> = ev.headline.iter().collect();
+            headline.sort_by(|a, b| a.0.cmp(b.0));
+            let text: Vec<String> = headline.iter().map(|(k, v)| format!("{k} {v:.4}")).collect();
+            eprintln!("evaluation of version {}: {} ({})", e.version, text.join(", "), ev.report_uri);
+            metrics::gauge!("dsm_learner_evaluated_version").set(e.version as f64);
+            for (k, v) in headline {
+                metrics::gauge!(format!("dsm_learner_evaluation_{k}")).set(*v);
+            }
+        }
     }
 
     /// Stops taking entries and waits up to `grace` for the queue to drain.

@@ -40,12 +40,24 @@ pub struct ReplayOptions {
     pub prefetch: usize,
     /// How long to keep retrying a coordinator that is not up or has no experiment yet.
     pub connect_timeout: Duration,
+    /// Where the checkpoint store (evaluators fetch checkpoints from it) listens: HOST:PORT,
+    /// port 0 for any free port.
+    pub listen: String,
+    /// The checkpoint store's address as published in the registry (default: the bound address).
+    pub advertise: Option<String>,
 }
 
 impl ReplayOptions {
-    /// The command line's defaults: prefetch 8 batches, 60 s to reach the coordinator.
+    /// The command line's defaults: prefetch 8 batches, 60 s to reach the coordinator, the
+    /// checkpoint store on a free loopback port.
     pub fn new(coordinator: impl Into<String>) -> ReplayOptions {
-        ReplayOptions { coordinator: coordinator.into(), prefetch: 8, connect_timeout: Duration::from_secs(60) }
+        ReplayOptions {
+            coordinator: coordinator.into(),
+            prefetch: 8,
+            connect_timeout: Duration::from_secs(60),
+            listen: "127.0.0.1:0".into(),
+            advertise: None,
+        }
     }
 }
 

@@ -15,6 +15,7 @@ use common::config::ConfigDoc;
 use common::rng;
 
 use crate::config::LearnerConfig;
+use crate::service::checkpoint_store;
 use crate::train::checkpoint::CheckpointDir;
 use crate::train::dataset::{OfflineDataset, WindowSource};
 use crate::train::engine::Engine;
@@ -97,7 +98,12 @@ pub fn run_from_coordinator<B: AutodiffBackend>(
     let served = check_experiment(&config, &doc, &experiment)?;
     let seed = rng::derive_seed(config.seed, &["learner".into(), "replay".into()]);
     let source = ReplaySource::start(runtime.handle().clone(), options, served.clone(), config.train.batch_size, seed)?;
-    let publisher = Publisher::start(runtime.handle().clone(), client);
+    let store_root = workdir.join("checkpoints");
+    std::fs::create_dir_all(&store_root).with_context(|| format!("--workdir {}", workdir.display()))?;
+    let store = runtime.block_on(checkpoint_store::serve(&options.listen, &store_root))?;
+    let fetch_address = options.advertise.clone().unwrap_or_else(|| store.to_string());
+    eprintln!("checkpoint store: serving {} at {store} (published as {fetch_address})", store_root.display());
+    let publisher = Publisher::start(runtime.handle().clone(), client).with_fetch_address(fetch_address);
     let about = format!(
         "the replay store at {} ({}, {} floats per state, windows of {} steps)",
         options.coordinator, served.env, served.obs_dim, served.window_steps
@@ -240,15 +246,16 @@ fn save<B: AutodiffBackend>(
 ) -> Result<()> {
     let dir = checkpoints.begin(trainer.step())?;
     trainer.save(&dir, meta)?;
-    checkpoints.commit(&dir).with_context(|| format!("committing {}", dir.display()))?;
+    let Some(p) = publisher else {
+        checkpoints.commit(&dir).with_context(|| format!("committing {}", dir.display()))?;
+        super::metrics::checkpoint(trainer.step());
+        return Ok(());
+    };
+    // Published checkpoints stay while evaluators need them (retention.rs).
+    checkpoints.mark_done(&dir).with_context(|| format!("committing {}", dir.display()))?;
     super::metrics::checkpoint(trainer.step());
-    if let Some(p) = publisher {
-        let (d, g) = losses.unwrap_or((f64::NAN, f64::NAN));
-        p.publish(
-            trainer.step(),
-            &dir,
-            &[("loss_d", d), ("loss_g", g), ("iterations_per_second", iterations_per_second)],
-        );
-    }
+    let (d, g) = losses.unwrap_or((f64::NAN, f64::NAN));
+    p.publish(trainer.step(), &dir, &[("loss_d", d), ("loss_g", g), ("iterations_per_second", iterations_per_second)]);
+    p.prune(checkpoints, trainer.config().train.keep_unevaluated);
     Ok(())
 }
