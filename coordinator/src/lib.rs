@@ -28,9 +28,6 @@ pub mod rate_limiter;
 pub mod registry;
 pub mod replay_config;
 pub mod replay_node;
-/// Re-exported for the learner, which still imports `coordinator::sampling_client`; remove once it
-/// imports `client::sampling`.
-pub use client::sampling as sampling_client;
 pub mod server;
 pub mod service;
 pub mod shard;

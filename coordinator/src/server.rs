@@ -18,9 +18,7 @@ use crate::service::replay::ReplayService;
 use crate::shard::Shard;
 use crate::shard_map::ShardMap;
 
-/// The gRPC message limit, both directions: the protocol's ([`proto::MAX_MESSAGE_BYTES`]), kept
-/// here for the learner, which still imports it from this module.
-pub use proto::MAX_MESSAGE_BYTES;
+use proto::MAX_MESSAGE_BYTES;
 
 /// How a coordinator process runs, beyond its experiment.
 #[derive(Debug, Clone, Default)]

@@ -140,6 +140,11 @@ fn trains_200_iterations_from_one_actor_and_publishes_each_checkpoint_once() {
     let (d, g) = first.last_losses.unwrap();
     assert!(d.is_finite() && g.is_finite(), "losses {d} {g}");
     assert_eq!(first.published, [50, 100, 150, 200]);
+    // Each checkpoint names the experiment's env, so that an evaluator can rebuild it.
+    let meta = std::fs::read_to_string(work.join("checkpoints/step-000000000200/meta.json")).unwrap();
+    let meta: serde_json::Value = serde_json::from_str(&meta).unwrap();
+    assert_eq!((meta["env"].as_str(), meta["seed"].as_u64()), (Some("riab-random"), Some(3)));
+    assert_eq!(meta["env_config"]["cells"]["n"], 10);
 
     // A restart on the same workdir with more steps: it resumes, and publishes only new versions.
     let second = run_from_coordinator::<B>(doc(&["train.steps=300"]), &options, &work, Default::default()).unwrap();

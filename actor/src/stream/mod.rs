@@ -9,9 +9,6 @@
 //!
 //! Backoff, connections and the coordinator's calls are the `client` crate's.
 
-/// Re-exported for the learner, which still imports `actor::stream::backoff::Backoff`; remove once
-/// it imports `client::backoff`.
-pub use client::backoff;
 pub mod chunker;
 pub mod resolver;
 pub mod run;

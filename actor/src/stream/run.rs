@@ -93,10 +93,6 @@ impl ActorReport {
     }
 }
 
-/// Re-exported for the learner, which still calls `actor::stream::run::new_incarnation`; remove
-/// once it calls `common::incarnation::new_incarnation`.
-pub use common::incarnation::new_incarnation;
-
 pub async fn run(opts: ActorOptions, shutdown: impl Future<Output = ()> + Send) -> Result<ActorReport> {
     let incarnation = common::incarnation::new_incarnation();
     let coordinator =

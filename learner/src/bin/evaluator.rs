@@ -102,24 +102,9 @@ fn main_inner(cli: Cli) -> Result<()> {
         fetch_timeout: Duration::from_secs(cli.fetch_timeout_seconds),
         max_reports: cli.max_reports.map(|n| n as usize),
     };
-    let summary = runtime.block_on(evaluator::run(options, shutdown_signal()))?;
+    let summary = runtime.block_on(evaluator::run(options, client::shutdown::shutdown_signal()))?;
     eprintln!("evaluator: {} reports written", summary.evaluated.len());
     Ok(())
-}
-
-/// SIGTERM or Ctrl-C.
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        let mut term =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = tokio::signal::ctrl_c().await;
 }
 
 #[cfg(test)]

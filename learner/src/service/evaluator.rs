@@ -19,6 +19,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use client::coordinator::{CoordinatorHandle, Registration, Role};
 use proto::pb;
 use proto::pb::coordinator_client::CoordinatorClient;
 use tonic::transport::Channel;
@@ -30,8 +31,6 @@ use super::checkpoint_store;
 use crate::eval::evaluate::{self, Written};
 use crate::eval::model::TrainedModel;
 
-/// Every unary call to the coordinator carries this deadline.
-const RPC_DEADLINE: Duration = Duration::from_secs(5);
 /// Evaluation attempts per version in one process.
 pub const MAX_ATTEMPTS: u32 = 3;
 
@@ -66,9 +65,7 @@ struct Pending {
 }
 
 fn deadline<T>(message: T) -> tonic::Request<T> {
-    let mut r = tonic::Request::new(message);
-    r.set_timeout(RPC_DEADLINE);
-    r
+    client::connect::request(message)
 }
 
 fn is_final(e: &pb::CheckpointEntry) -> bool {
@@ -76,75 +73,29 @@ fn is_final(e: &pb::CheckpointEntry) -> bool {
     matches!(e.evaluation.as_ref().map(|e| e.state()), Some(State::Done | State::Skipped))
 }
 
-/// Connects, retrying until `timeout`.
-async fn connect(address: &str, timeout: Duration) -> Result<CoordinatorClient<Channel>> {
-    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
-        .with_context(|| format!("--coordinator {address:?}"))?
-        .connect_timeout(Duration::from_secs(5));
-    let started = tokio::time::Instant::now();
-    let mut delay = Duration::from_millis(100);
-    loop {
-        match endpoint.connect().await {
-            Ok(c) => return Ok(CoordinatorClient::new(c)),
-            Err(e) if started.elapsed() >= timeout => {
-                bail!("the coordinator at {address} did not answer within {timeout:?}: {e}")
-            }
-            Err(_) => {
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(2));
-            }
-        }
-    }
-}
-
-/// Registers as an evaluator node and keeps the lease alive in the background (re-registering
-/// if the coordinator forgot the node, e.g. after a restart). Returns the node id.
-async fn register(client: &mut CoordinatorClient<Channel>, incarnation: u64) -> Result<u64> {
-    let request = pb::RegisterRequest { role: pb::Role::Evaluator as i32, incarnation, ..Default::default() };
-    let r = client.register(deadline(request.clone())).await.context("registering with the coordinator")?.into_inner();
-    let node = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(r.node_id));
-    let heartbeat = Duration::from_millis(r.heartbeat_ms.max(100));
-    let mut c = client.clone();
-    let id = node.clone();
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(heartbeat);
-        loop {
-            tick.tick().await;
-            let node_id = id.load(std::sync::atomic::Ordering::Relaxed);
-            match c.heartbeat(deadline(pb::HeartbeatRequest { node_id })).await {
-                Err(s) if s.code() == Code::NotFound => {
-                    if let Ok(r) = c.register(deadline(request.clone())).await {
-                        id.store(r.into_inner().node_id, std::sync::atomic::Ordering::Relaxed);
-                    }
-                }
-                _ => {}
-            }
-        }
-    });
-    Ok(r.node_id)
-}
-
 /// Runs until `shutdown` resolves (or `max_reports` reports are written).
 pub async fn run(options: EvaluatorOptions, shutdown: impl Future<Output = ()>) -> Result<EvaluatorSummary> {
-    let mut client = connect(&options.coordinator, options.connect_timeout).await?;
-    let experiment = client
-        .get_experiment(deadline(pb::GetExperimentRequest {}))
+    let coordinator = CoordinatorHandle::connect(&options.coordinator, options.connect_timeout)
         .await
-        .map_err(|s| anyhow::anyhow!("the coordinator's experiment: {}", s.message()))?
-        .into_inner();
-    if !experiment.env_id.is_empty() {
+        .with_context(|| format!("--coordinator {}", options.coordinator))?;
+    // A coordinator without an experiment yet is fine: checkpoints name their own env.
+    if let Some(experiment) = coordinator.experiment().await.context("the coordinator's experiment")? {
         let env: EnvId = experiment.env_id.parse().map_err(|e| anyhow::anyhow!("the coordinator's experiment: {e}"))?;
         evaluate::supported(env)?;
     }
-    let incarnation = common::rng::splitmix64(
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
-            ^ u64::from(std::process::id()),
-    );
-    let node_id = register(&mut client, incarnation).await?;
+    let incarnation = common::incarnation::new_incarnation();
+    let registration = Registration::new(Role::Evaluator, incarnation);
+    let lease = coordinator
+        .register(&registration)
+        .await
+        .map_err(|s| anyhow::anyhow!("registering with the coordinator at {}: {}", options.coordinator, s.message()))?;
+    let node_id = lease.node_id;
+    let _lease = coordinator.keep_lease(registration, lease);
     let claimant = format!("evaluator node {node_id} ({incarnation:016x})");
     eprintln!("evaluator: registered as {claimant}; watching the registry of {}", options.coordinator);
     let (tx, mut rx) = tokio::sync::mpsc::channel::<pb::CheckpointEntry>(256);
-    tokio::spawn(watch(client.clone(), tx));
+    tokio::spawn(coordinator.clone().follow_checkpoints(pb::CheckpointKind::Model, 1, tx));
+    let mut client = coordinator.rpc();
     let mut pending: BTreeMap<u64, Pending> = BTreeMap::new();
     let mut summary = EvaluatorSummary::default();
     let mut retry_every = Duration::from_secs(5);
@@ -242,27 +193,6 @@ fn add(pending: &mut BTreeMap<u64, Pending>, entry: pb::CheckpointEntry) {
         pending.remove(&entry.version);
     } else {
         pending.entry(entry.version).or_insert(Pending { entry, attempts: 0 });
-    }
-}
-
-/// Follows `WatchCheckpoints` from version 1, reconnecting after errors from the last version seen.
-async fn watch(mut client: CoordinatorClient<Channel>, tx: tokio::sync::mpsc::Sender<pb::CheckpointEntry>) {
-    let mut from = 1;
-    let mut delay = Duration::from_millis(200);
-    loop {
-        let request = pb::WatchCheckpointsRequest { kind: pb::CheckpointKind::Model as i32, from_version: Some(from) };
-        if let Ok(stream) = client.watch_checkpoints(request).await {
-            let mut stream = stream.into_inner();
-            delay = Duration::from_millis(200);
-            while let Ok(Some(entry)) = stream.message().await {
-                from = entry.version + 1;
-                if tx.send(entry).await.is_err() {
-                    return;
-                }
-            }
-        }
-        tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(Duration::from_secs(5));
     }
 }
 

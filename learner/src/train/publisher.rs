@@ -18,7 +18,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use actor::stream::backoff::Backoff;
+use client::backoff::Backoff;
 use proto::pb;
 use proto::pb::coordinator_client::CoordinatorClient;
 use tokio::runtime::Handle;
@@ -26,8 +26,8 @@ use tokio::sync::Notify;
 use tonic::transport::Channel;
 
 use crate::train::checkpoint::CheckpointDir;
-use crate::train::replay_source::RPC_DEADLINE;
 use crate::train::retention::{self, Evaluated, Fate};
+use client::connect::RPC_DEADLINE;
 
 /// Unpublished checkpoints kept while the coordinator is unreachable.
 pub const MAX_PENDING: usize = 16;
@@ -250,7 +250,7 @@ impl Drop for Publisher {
 /// Publishes the queue in order until it is closed and empty.
 async fn publish_loop(mut client: CoordinatorClient<Channel>, queue: Arc<Mutex<Queue>>, wake: Arc<Notify>) {
     let mut backoff =
-        Backoff::new(Duration::from_millis(200), Duration::from_secs(10), actor::stream::run::new_incarnation());
+        Backoff::new(Duration::from_millis(200), Duration::from_secs(10), common::incarnation::new_incarnation());
     let mut failing = false;
     loop {
         let next = {

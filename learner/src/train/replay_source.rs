@@ -7,29 +7,24 @@
 //! batches: while the trainer computes, the next batches are already being fetched, and when it
 //! falls behind the client stops asking. Shard failover is the client's (README "Faults").
 //!
-//! At start, [`connect`] fetches the experiment (retrying while the coordinator is not up, or has
-//! no experiment yet because no actor has registered) and refuses, naming both values, a model
-//! whose windows (H + 1) or state size differ from what the experiment serves
-//! ([`check_experiment`], pure).
+//! At start, [`fetch_experiment`] fetches the experiment (retrying while the coordinator is not
+//! up, or has no experiment yet because no actor has registered) and [`check_experiment`] (pure)
+//! refuses, naming both values, a model whose windows (H + 1) or state size differ from what the
+//! experiment serves.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use actor::envs::{EnvConfig, EnvId, VecEnv};
-use actor::stream::backoff::Backoff;
 use anyhow::{anyhow, bail, Context, Result};
+use client::coordinator::{CoordinatorHandle, NoExperimentYet};
+use client::sampling::{SamplingClient, SamplingOptions};
 use common::config::ConfigDoc;
+use common::experiment::ExperimentSpec;
 use common::rng::StreamRng;
-use coordinator::sampling_client::{SamplingClient, SamplingOptions};
-use proto::pb;
-use proto::pb::coordinator_client::CoordinatorClient;
 use tokio::runtime::Handle;
-use tonic::transport::{Channel, Endpoint};
 
 use crate::config::LearnerConfig;
 use crate::train::dataset::{WindowBatch, WindowSource};
-
-/// Every unary call to the coordinator carries this deadline (ARCHITECTURE.md, Conventions).
-pub const RPC_DEADLINE: Duration = Duration::from_secs(5);
 
 /// How the learner reaches the replay store.
 #[derive(Debug, Clone)]
@@ -62,20 +57,44 @@ impl ReplayOptions {
 }
 
 /// What the coordinator's experiment serves, once checked against the model.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ServedExperiment {
     pub env: EnvId,
     /// S, floats per state.
     pub obs_dim: usize,
     /// H + 1, steps per window.
     pub window_steps: usize,
+    /// The experiment's env config, resolved (what an evaluator rebuilds the env from).
+    pub env_config: EnvConfig,
+    /// The experiment seed the actors' data derive from.
+    pub seed: u64,
+}
+
+impl ServedExperiment {
+    /// The checkpoints' `meta.json`: the env the data came from, as a simulated dataset's meta
+    /// names it, so that an evaluator rebuilds the env of the coordinator's experiment even when
+    /// the learner's own config has no `[env]`.
+    pub fn meta(&self) -> Result<serde_json::Value> {
+        let env_config = match &self.env_config {
+            EnvConfig::Riab(c) => serde_json::to_value(c),
+            EnvConfig::Pendulum(c) => serde_json::to_value(c),
+        }
+        .context("serialising the experiment's env config")?;
+        Ok(serde_json::json!({
+            "env": self.env.as_str(),
+            "seed": self.seed,
+            "obs_dim": self.obs_dim,
+            "env_config": env_config,
+            "producer": "the coordinator's experiment (actors streaming to the replay store)",
+        }))
+    }
 }
 
 /// Checks the coordinator's experiment against the learner's config. Refuses, naming both values:
 /// windows of another length than `model.horizon + 1`, another env than the config's
 /// `experiment.env`, and (when the config names an env) another state size than the config's
 /// `[env]` gives.
-pub fn check_experiment(config: &LearnerConfig, doc: &ConfigDoc, e: &pb::Experiment) -> Result<ServedExperiment> {
+pub fn check_experiment(config: &LearnerConfig, doc: &ConfigDoc, e: &ExperimentSpec) -> Result<ServedExperiment> {
     let h = config.model.horizon;
     if e.window_steps as usize != h + 1 {
         bail!(
@@ -86,8 +105,7 @@ pub fn check_experiment(config: &LearnerConfig, doc: &ConfigDoc, e: &pb::Experim
         );
     }
     let env: EnvId = e.env_id.parse().map_err(|m| anyhow!("the coordinator's experiment: {m}"))?;
-    let served_doc = ConfigDoc::parse(&e.config_toml, "the coordinator's experiment")?;
-    let served = EnvConfig::resolve(env, &served_doc.section("env")).context("the coordinator's experiment")?;
+    let served = EnvConfig::resolve(env, &e.config.section("env")).context("the coordinator's experiment")?;
     let obs_dim = VecEnv::shape_of(&served).obs_dim;
     if let Some(want) = config.env.as_deref() {
         let want: EnvId = want.parse().map_err(|m| anyhow!("experiment.env: {m}"))?;
@@ -103,45 +121,15 @@ pub fn check_experiment(config: &LearnerConfig, doc: &ConfigDoc, e: &pb::Experim
             );
         }
     }
-    Ok(ServedExperiment { env, obs_dim, window_steps: h + 1 })
+    Ok(ServedExperiment { env, obs_dim, window_steps: h + 1, env_config: served, seed: e.seed })
 }
 
-fn endpoint(addr: &str) -> Result<Endpoint> {
-    let uri = if addr.contains("://") { addr.to_string() } else { format!("http://{addr}") };
-    Ok(Endpoint::from_shared(uri).map_err(|e| anyhow!("--coordinator {addr}: {e}"))?.connect_timeout(RPC_DEADLINE))
-}
-
-/// The coordinator's client and its experiment, retrying with backoff and jitter while the
-/// coordinator is unreachable or has no experiment yet, for at most `timeout`.
-pub async fn fetch_experiment(addr: &str, timeout: Duration) -> Result<(CoordinatorClient<Channel>, pb::Experiment)> {
-    let start = Instant::now();
-    let endpoint = endpoint(addr)?;
-    let mut backoff =
-        Backoff::new(Duration::from_millis(100), Duration::from_secs(5), actor::stream::run::new_incarnation());
-    loop {
-        let why = match endpoint.connect().await {
-            Ok(ch) => {
-                let mut client =
-                    CoordinatorClient::new(ch).max_decoding_message_size(coordinator::server::MAX_MESSAGE_BYTES);
-                let mut r = tonic::Request::new(pb::GetExperimentRequest {});
-                r.set_timeout(RPC_DEADLINE);
-                match client.get_experiment(r).await {
-                    Ok(e) => return Ok((client, e.into_inner())),
-                    Err(s) if matches!(s.code(), tonic::Code::FailedPrecondition | tonic::Code::Unavailable) => {
-                        s.message().to_string()
-                    }
-                    Err(s) => bail!("--coordinator {addr}: fetching the experiment: {} ({:?})", s.message(), s.code()),
-                }
-            }
-            Err(e) => format!("not reachable: {e}"),
-        };
-        if start.elapsed() >= timeout {
-            bail!("--coordinator {addr}: no experiment after {timeout:?} ({why})");
-        }
-        let delay = backoff.next_delay();
-        eprintln!("coordinator {addr}: {why}; retrying in {delay:.1?}");
-        tokio::time::sleep(delay).await;
-    }
+/// The coordinator and its experiment, retrying with backoff and jitter while the coordinator is
+/// unreachable or has no experiment yet, for at most `timeout`.
+pub async fn fetch_experiment(addr: &str, timeout: Duration) -> Result<(CoordinatorHandle, ExperimentSpec)> {
+    CoordinatorHandle::connect_for_experiment(addr, timeout, NoExperimentYet::GiveUp)
+        .await
+        .with_context(|| format!("--coordinator {addr}"))
 }
 
 /// The replay store as a [`WindowSource`]: batches of B windows from every shard.
@@ -217,12 +205,12 @@ impl WindowSource for ReplaySource {
 mod tests {
     use super::*;
 
-    fn experiment(toml: &str, window_steps: u32) -> pb::Experiment {
+    fn experiment(toml: &str, window_steps: u32) -> ExperimentSpec {
         let doc = ConfigDoc::parse(toml, "test").unwrap();
-        pb::Experiment {
+        ExperimentSpec {
             env_id: doc.experiment().unwrap().env.unwrap(),
             seed: 0,
-            config_toml: doc.to_toml(),
+            config: doc,
             window_steps,
             chunk_steps: 64,
             max_in_flight_chunks: 16,
@@ -240,7 +228,14 @@ mod tests {
     fn a_matching_experiment_gives_its_state_size() {
         let (config, doc) = learner("");
         let served = check_experiment(&config, &doc, &experiment(RIAB_12, 7)).unwrap();
-        assert_eq!(served, ServedExperiment { env: EnvId::RiabRandom, obs_dim: 12, window_steps: 7 });
+        assert_eq!((served.env, served.obs_dim, served.window_steps), (EnvId::RiabRandom, 12, 7));
+        assert_eq!(
+            served.env_config,
+            EnvConfig::resolve(EnvId::RiabRandom, &experiment(RIAB_12, 7).config.section("env")).unwrap()
+        );
+        let meta = served.meta().unwrap();
+        assert_eq!(meta["env"], "riab-random");
+        assert_eq!(meta["env_config"]["cells"]["n"], 12);
         let (config, doc) = learner(RIAB_12);
         assert_eq!(check_experiment(&config, &doc, &experiment(RIAB_12, 7)).unwrap().obs_dim, 12);
     }

@@ -103,13 +103,14 @@ pub fn run_from_coordinator<B: AutodiffBackend>(
     let store = runtime.block_on(checkpoint_store::serve(&options.listen, &store_root))?;
     let fetch_address = options.advertise.clone().unwrap_or_else(|| store.to_string());
     eprintln!("checkpoint store: serving {} at {store} (published as {fetch_address})", store_root.display());
-    let publisher = Publisher::start(runtime.handle().clone(), client).with_fetch_address(fetch_address);
+    let publisher = Publisher::start(runtime.handle().clone(), client.rpc()).with_fetch_address(fetch_address);
     let about = format!(
         "the replay store at {} ({}, {} floats per state, windows of {} steps)",
         options.coordinator, served.env, served.obs_dim, served.window_steps
     );
     let engine = Engine::<B>::new(config, doc, served.obs_dim, device)?;
-    let result = train(engine, source, workdir, &about, Some(&publisher), None);
+    let meta = served.meta()?;
+    let result = train(engine, source, workdir, &about, Some(&publisher), Some(&meta));
     let report = publisher.finish(PUBLISH_GRACE);
     let mut summary = result?;
     summary.published = report.published;
