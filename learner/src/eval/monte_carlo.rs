@@ -25,17 +25,22 @@ pub fn discounted_returns<P: Rollout, R: Rng>(
     gamma: f64,
     rng: &mut R,
 ) -> Vec<Vec<f64>> {
-    let mut out = vec![vec![0.0; rollouts]; num_rewards];
+    let mut out = vec![Vec::with_capacity(rollouts); num_rewards];
     let mut rewards = vec![0.0; num_rewards];
-    for j in 0..rollouts {
+    let mut total = vec![0.0; num_rewards];
+    for _ in 0..rollouts {
         let mut x = source;
         let mut discount = 1.0;
+        total.fill(0.0);
         for _ in 0..horizon {
             x = process.step(&x, rng, &mut rewards);
-            for (k, r) in rewards.iter().enumerate() {
-                out[k][j] += discount * r;
+            for (t, r) in total.iter_mut().zip(&rewards) {
+                *t += discount * r;
             }
             discount *= gamma;
+        }
+        for (o, t) in out.iter_mut().zip(&total) {
+            o.push(*t);
         }
     }
     out

@@ -142,6 +142,12 @@ pub fn atom_returns<R: Rng>(
         .collect()
 }
 
+/// The policy's action without noise, clipped (for tests of the deterministic trajectory).
+#[cfg(test)]
+fn policy_mean_clipped(c: &PendulumConfig, theta: f64, theta_dot: f64) -> f64 {
+    actor::envs::pendulum::policy_mean(c, theta, theta_dot).clamp(-c.max_torque, c.max_torque)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -210,10 +216,4 @@ mod tests {
         assert!((got[0] + PI * PI / 0.05).abs() < 1e-3, "{got:?}");
         assert!(got[1].abs() < 1e-9);
     }
-}
-
-/// The policy's action without noise, clipped (for tests of the deterministic trajectory).
-#[cfg(test)]
-fn policy_mean_clipped(c: &PendulumConfig, theta: f64, theta_dot: f64) -> f64 {
-    actor::envs::pendulum::policy_mean(c, theta, theta_dot).clamp(-c.max_torque, c.max_torque)
 }
