@@ -29,7 +29,7 @@ struct Cli {
     checkpoint: Option<PathBuf>,
     /// With --checkpoint: a second checkpoint of the same env (e.g. the SR baseline), evaluated
     /// beside the first in the same report.
-    #[arg(long, value_name = "DIR", requires = "checkpoint")]
+    #[arg(long, value_name = "DIR", requires = "checkpoint", conflicts_with = "coordinator")]
     compare: Option<PathBuf>,
     /// Reports go to DIR/eval/<version>/ (offline: DIR/eval/<step>/); the Monte-Carlo cache to
     /// DIR/eval/mc-cache/; checkpoints fetched from a learner to DIR/fetched/.
