@@ -418,19 +418,24 @@ impl Registry {
         Ok(())
     }
 
-    /// Records that `version` was deleted unevaluated, unless an evaluator holds a live claim (then
-    /// the publisher should keep its files) or it is final already.
+    /// Records that `version` will not be evaluated: by the publisher (`claimant` empty), which
+    /// deleted it unevaluated, unless an evaluator holds a live claim (then the publisher should
+    /// keep its files); or by the evaluator holding the claim, which cannot evaluate it. Nothing
+    /// changes when it is final already.
     pub fn skip(
         &mut self,
         kind: Kind,
         version: u64,
         reason: &str,
+        claimant: &str,
         now_unix_ms: i64,
     ) -> Result<SkipOutcome, RegistryError> {
         check_uri("reason", reason)?;
         match &self.slot(kind, version)?.evaluation {
             Evaluation::Done { .. } | Evaluation::Skipped { .. } => return Ok(SkipOutcome::AlreadyFinal),
-            Evaluation::Claimed { expires_unix_ms, .. } if *expires_unix_ms > now_unix_ms => {
+            Evaluation::Claimed { claimant: holder, expires_unix_ms }
+                if *expires_unix_ms > now_unix_ms && (claimant.is_empty() || holder != claimant) =>
+            {
                 return Ok(SkipOutcome::Held)
             }
             _ => {}
@@ -547,13 +552,18 @@ mod tests {
             r.publish(rec(v)).unwrap();
         }
         r.claim(Kind::Model, 2, "a", 0, LEASE).unwrap();
-        assert_eq!(r.skip(Kind::Model, 1, "deleted", 0), Ok(SkipOutcome::Skipped));
-        assert_eq!(r.skip(Kind::Model, 1, "deleted", 0), Ok(SkipOutcome::AlreadyFinal));
-        assert_eq!(r.skip(Kind::Model, 2, "deleted", 1), Ok(SkipOutcome::Held));
+        assert_eq!(r.skip(Kind::Model, 1, "deleted", "", 0), Ok(SkipOutcome::Skipped));
+        assert_eq!(r.skip(Kind::Model, 1, "deleted", "", 0), Ok(SkipOutcome::AlreadyFinal));
+        assert_eq!(r.skip(Kind::Model, 2, "deleted", "", 1), Ok(SkipOutcome::Held));
+        // Another evaluator may not skip a's version; a, which holds it, may (tested on 3 below).
+        assert_eq!(r.skip(Kind::Model, 2, "another env", "b", 1), Ok(SkipOutcome::Held));
         // Once a's lease is over, 2 can be skipped too.
-        assert_eq!(r.skip(Kind::Model, 2, "deleted", LEASE), Ok(SkipOutcome::Skipped));
+        assert_eq!(r.skip(Kind::Model, 2, "deleted", "", LEASE), Ok(SkipOutcome::Skipped));
         assert_eq!(r.claim(Kind::Model, 1, "b", 0, LEASE), Ok(ClaimOutcome::Skipped));
         assert!(r.evaluation(Kind::Model, 3) == Some(&Evaluation::Pending));
+        r.claim(Kind::Model, 3, "c", 0, LEASE).unwrap();
+        assert_eq!(r.skip(Kind::Model, 3, "another env", "c", 1), Ok(SkipOutcome::Skipped));
+        assert_eq!(r.evaluation(Kind::Model, 3), Some(&Evaluation::Skipped { reason: "another env".into() }));
     }
 
     #[test]
@@ -589,7 +599,7 @@ mod tests {
         assert!(matches!(r.publish(rec(2)), Err(RegistryError::NotNewer { .. })));
         // The torn line must not glue itself to the next record.
         r.publish(rec(3)).unwrap();
-        r.skip(Kind::Model, 3, "deleted", 0).unwrap();
+        r.skip(Kind::Model, 3, "deleted", "", 0).unwrap();
         drop(r);
         let r = Registry::open(&path, 0, LEASE).unwrap();
         assert_eq!(r.latest(Kind::Model).unwrap().version, 3);

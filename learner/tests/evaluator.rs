@@ -140,6 +140,17 @@ fn incompatible_checkpoints_are_refused_in_one_line() {
     let (_, dir) = CheckpointDir::open(&work, 1).unwrap().latest().unwrap();
     let err = evaluate::evaluate(&dir, None, &out, "x", &[]).unwrap_err().to_string();
     assert!(err.contains("riab-random") && err.contains("pendulum"), "{err}");
+    // Published to a registry, the same checkpoint is marked skipped with that reason, once.
+    let lb = Loopback::start("[replay]\nlease_seconds = 2.0\nheartbeat_seconds = 0.5\n");
+    lb.publish(1, &dir, "");
+    let wd = tmp.path().join("evaluator").tap_create();
+    let _e = Evaluator::start(&lb.addr, &wd, &[]);
+    wait_until("version 1 is skipped", Duration::from_secs(60), || {
+        state(&lb.entries()[0]) == pb::evaluation::State::Skipped
+    });
+    let reason = lb.entries()[0].evaluation.as_ref().unwrap().skip_reason.clone();
+    assert!(reason.contains("riab-random") && reason.contains("pendulum"), "{reason}");
+    assert!(reports_in(&wd).is_empty());
     assert!(!err.contains('\n'));
 }
 

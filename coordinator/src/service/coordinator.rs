@@ -475,8 +475,9 @@ impl Coordinator for CoordinatorService {
         use pb::skip_evaluation_response::Outcome;
         let req = request.into_inner();
         let kind = kind_from_pb(req.kind)?;
-        let outcome =
-            lock(&self.state.registry).skip(kind, req.version, &req.reason, unix_ms()).map_err(registry_status)?;
+        let outcome = lock(&self.state.registry)
+            .skip(kind, req.version, &req.reason, &req.claimant, unix_ms())
+            .map_err(registry_status)?;
         let outcome = match outcome {
             SkipOutcome::Skipped => {
                 metrics::counter!("dsm_coordinator_evaluations_skipped_total").increment(1);

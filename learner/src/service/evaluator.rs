@@ -158,6 +158,20 @@ pub async fn run(options: EvaluatorOptions, shutdown: impl Future<Output = ()>) 
                 Ok(None) => {
                     pending.remove(&version);
                 }
+                Err(e) if e.downcast_ref::<Unsupported>().is_some() => {
+                    let reason = e.to_string();
+                    eprintln!("evaluator: version {version} skipped: {reason}");
+                    let skip = pb::SkipEvaluationRequest {
+                        kind: pb::CheckpointKind::Model as i32,
+                        version,
+                        reason,
+                        claimant: claimant.clone(),
+                    };
+                    if let Err(s) = client.skip_evaluation(deadline(skip)).await {
+                        eprintln!("warning: marking version {version} skipped: {}", s.message());
+                    }
+                    pending.remove(&version);
+                }
                 Err(e) => {
                     eprintln!("error: evaluating version {version}: {e:#}");
                     metrics::counter!("dsm_evaluator_failures_total").increment(1);
@@ -196,6 +210,12 @@ fn add(pending: &mut BTreeMap<u64, Pending>, entry: pb::CheckpointEntry) {
     }
 }
 
+/// A checkpoint this evaluator has no report for (another env): the same answer from every
+/// evaluator and every attempt, so the version is marked skipped, with this reason, not retried.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Unsupported(String);
+
 /// Evaluates one claimed version while renewing the claim; publishes the result. `Ok(None)`: the
 /// claim was lost to another evaluator (its report, if written, stays on disk unpublished).
 async fn evaluate_claimed(
@@ -232,9 +252,15 @@ async fn evaluate_claimed(
         let workdir = options.workdir.clone();
         let sets = options.sets.clone();
         let name = format!("{version:012}");
-        tokio::task::spawn_blocking(move || evaluate::evaluate(&dir, None, &workdir, &name, &sets))
-            .await
-            .context("the evaluation thread panicked")?
+        tokio::task::spawn_blocking(move || {
+            let model = TrainedModel::load(&dir)?;
+            let on = evaluate::TrainedOn::of(&model)?;
+            evaluate::supported(on.env_id).map_err(|e| Unsupported(format!("{e:#}")))?;
+            drop(model);
+            evaluate::evaluate(&dir, None, &workdir, &name, &sets)
+        })
+        .await
+        .context("the evaluation thread panicked")?
     };
     let written = tokio::select! {
         w = work => w?,

@@ -179,6 +179,7 @@ impl Publisher {
                         kind: pb::CheckpointKind::Model as i32,
                         version: step,
                         reason: format!("deleted by the learner: more than train.keep_unevaluated = {keep_unevaluated} versions waited for an evaluator"),
+                        claimant: String::new(),
                     };
                     let mut client = self.client.clone();
                     let answer = self.runtime.block_on(async {
