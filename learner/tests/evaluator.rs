@@ -23,6 +23,7 @@ use learner::train::run::run;
 use proto::pb;
 use proto::pb::coordinator_client::CoordinatorClient;
 use serde_json::Value;
+use sha2::Digest;
 use tokio::runtime::Runtime;
 use tokio::sync::watch;
 
@@ -123,7 +124,8 @@ fn incompatible_checkpoints_are_refused_in_one_line() {
     std::fs::create_dir_all(tmp.path().join("half")).unwrap();
     let err = evaluate::evaluate(&tmp.path().join("half"), None, &out, "x", &[]).unwrap_err().to_string();
     assert!(err.contains("no DONE marker"), "{err}");
-    // A δ-model trained on a riab env.
+    // A checkpoint whose model does not read its env's states: a riab-random δ-model whose
+    // meta.json (checksum and all) says the env has 30 cells, not the 50 it was trained on.
     let data = tmp.path().join("riab.npz");
     let spec = SimulateSpec {
         env: EnvId::RiabRandom,
@@ -138,8 +140,16 @@ fn incompatible_checkpoints_are_refused_in_one_line() {
     let work = tmp.path().join("riab");
     run::<B>(support::tiny_doc(1, 1, &[]), &data, &work, Default::default()).unwrap();
     let (_, dir) = CheckpointDir::open(&work, 1).unwrap().latest().unwrap();
+    let mut meta = read_json(&dir.join("meta.json"));
+    meta["env_config"]["cells"]["n"] = serde_json::json!(30);
+    let text = serde_json::to_string(&meta).unwrap();
+    std::fs::write(dir.join("meta.json"), &text).unwrap();
+    let mut manifest = read_json(&dir.join("manifest.json"));
+    let digest: String = sha2::Sha256::digest(text.as_bytes()).iter().map(|b| format!("{b:02x}")).collect();
+    manifest["files"]["meta.json"] = serde_json::json!(digest);
+    std::fs::write(dir.join("manifest.json"), serde_json::to_string(&manifest).unwrap()).unwrap();
     let err = evaluate::evaluate(&dir, None, &out, "x", &[]).unwrap_err().to_string();
-    assert!(err.contains("riab-random") && err.contains("pendulum"), "{err}");
+    assert!(err.contains("50-float states") && err.contains("riab-random") && err.contains("produces 30"), "{err}");
     // Published to a registry, the same checkpoint is marked skipped with that reason, once.
     let lb = Loopback::start("[replay]\nlease_seconds = 2.0\nheartbeat_seconds = 0.5\n");
     lb.publish(1, &dir, "");
@@ -149,7 +159,7 @@ fn incompatible_checkpoints_are_refused_in_one_line() {
         state(&lb.entries()[0]) == pb::evaluation::State::Skipped
     });
     let reason = lb.entries()[0].evaluation.as_ref().unwrap().skip_reason.clone();
-    assert!(reason.contains("riab-random") && reason.contains("pendulum"), "{reason}");
+    assert!(reason.contains("50-float states") && reason.contains("produces 30"), "{reason}");
     assert!(reports_in(&wd).is_empty());
     assert!(!err.contains('\n'));
 }

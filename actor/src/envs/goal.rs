@@ -369,6 +369,15 @@ impl GoalRecorder {
         (out.reward, if out.terminal { StepType::Last } else { StepType::Mid })
     }
 
+    /// Starts a new episode of env `e` where its agent now is, without the reset's teleport: the
+    /// goal is armed again and the policy reads `rates`, the cells at that position. An analysis
+    /// uses it to start a rollout from a chosen state.
+    pub fn start_here(&mut self, e: usize, rates: &[f64]) {
+        self.reset_next[e] = false;
+        self.states[e] = GoalState::default();
+        self.observe(e, rates);
+    }
+
     /// Env `e`'s actor reads the row's rates.
     pub fn observe(&mut self, e: usize, rates: &[f64]) {
         self.means[e] = self.policy.mean(rates, &mut self.ws);

@@ -66,7 +66,7 @@ impl RiabEnv {
             config.goal.is_none(),
             "riab-goal is driven by a trained policy: build it with RiabEnv::with_goal_policy"
         );
-        Self::build(config, seed, actor_id, num_envs, None)
+        Self::build(config, seed, Self::actor_streams(seed, actor_id, num_envs), None)
     }
 
     /// `riab-goal`'s env: as [`RiabEnv::new`], with the agents driven by `policy` (trained for this
@@ -83,21 +83,60 @@ impl RiabEnv {
             return Err("this env has no goal (env.goal), so it takes no goal policy".into());
         }
         policy.check(config.cells.n)?;
-        Ok(Self::build(config, seed, actor_id, num_envs, Some(policy)))
+        Ok(Self::build(config, seed, Self::actor_streams(seed, actor_id, num_envs), Some(policy)))
     }
 
-    fn build(
+    fn actor_streams(seed: u64, actor_id: u64, num_envs: usize) -> Vec<StreamRng> {
+        (0..num_envs).map(|i| rng::stream(seed, &["actor".into(), actor_id.into(), i.into()])).collect()
+    }
+
+    /// E envs of the experiment seeded `seed` (its cells, its goal policy when `riab-goal`) whose
+    /// agents draw from `rngs`, one stream per env: an analysis's rollouts, on streams of its
+    /// own. Fails as [`RiabEnv::with_goal_policy`] does when the policy does not fit.
+    pub fn for_analysis(
         config: &RiabConfig,
         seed: u64,
-        actor_id: u64,
-        num_envs: usize,
+        rngs: Vec<StreamRng>,
         policy: Option<Arc<GoalPolicy>>,
-    ) -> RiabEnv {
+    ) -> Result<RiabEnv, String> {
+        match (&config.goal, &policy) {
+            (Some(_), None) => return Err("riab-goal's rollouts need its goal policy".into()),
+            (None, Some(_)) => return Err("this env has no goal (env.goal), so it takes no goal policy".into()),
+            (Some(_), Some(p)) => p.check(config.cells.n)?,
+            (None, None) => {}
+        }
+        Ok(Self::build(config, seed, rngs, policy))
+    }
+
+    /// Starts env `e`'s rollout at `pos`, with the motion state (velocity, rotational velocity,
+    /// head direction) of agent `k` of `like` (a burn-in stream's, so that the start is a state
+    /// the data policy visits). `riab-goal` starts a new episode there with the goal armed;
+    /// `riab-teleport`'s next rows follow its teleport path, which does not depend on where the
+    /// agent is. The cells' OU noise, if any, restarts at 0.
+    pub fn start_at(&mut self, e: usize, pos: Vec2, like: &Agents, k: usize) {
+        let a = &mut self.agents;
+        a.pos[e] = pos;
+        a.vel[e] = like.vel[k];
+        a.rot_vel[e] = like.rot_vel[k];
+        a.measured_vel[e] = like.measured_vel[k];
+        a.measured_rot_vel[e] = like.measured_rot_vel[k];
+        a.head_direction[e] = like.head_direction[k];
+        a.bounced[e] = false;
+        let n = self.cells.len();
+        if self.cells.has_noise() {
+            self.noise[e * n..(e + 1) * n].fill(0.0);
+        }
+        if let Motion::Goal(g) = &mut self.motion {
+            self.cells.rates_at(&self.arena, pos, &mut self.scratch);
+            g.start_here(e, &self.scratch);
+        }
+    }
+
+    fn build(config: &RiabConfig, seed: u64, mut rngs: Vec<StreamRng>, policy: Option<Arc<GoalPolicy>>) -> RiabEnv {
+        let num_envs = rngs.len();
         let arena = Arena::new(&config.arena);
         let cells = experiment_cells(config, &arena, seed);
         let params = MotionParams::from_config(config);
-        let mut rngs: Vec<StreamRng> =
-            (0..num_envs).map(|i| rng::stream(seed, &["actor".into(), actor_id.into(), i.into()])).collect();
         let agents = Agents::new(&arena, &params, &mut rngs);
         let noise = if cells.has_noise() { vec![0.0; num_envs * cells.len()] } else { Vec::new() };
         let scratch = vec![0.0; cells.len()];

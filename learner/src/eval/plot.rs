@@ -77,13 +77,25 @@ pub struct CdfPanel {
 
 /// One panel of [`heat_maps`]: `values` is row-major `ny × nx`, row 0 at `y0` (the bottom),
 /// column 0 at `x0`; `extent` is `[x0, x1, y0, y1]` in metres. Non-finite cells are drawn white.
-#[derive(Debug, Clone)]
+/// `walls` (segments, m) are drawn over the map in white on black, `marker` as a red ×.
+#[derive(Debug, Clone, Default)]
 pub struct HeatPanel {
     pub title: String,
     pub values: Vec<f64>,
     pub nx: usize,
     pub ny: usize,
     pub extent: [f64; 4],
+    pub walls: Vec<[[f64; 2]; 2]>,
+    pub marker: Option<[f64; 2]>,
+}
+
+/// One panel of [`line_panels`].
+#[derive(Debug, Clone)]
+pub struct LinePanel {
+    pub title: String,
+    pub x_label: String,
+    pub y_label: String,
+    pub series: Vec<(String, Vec<[f64; 2]>)>,
 }
 
 /// Empirical CDFs (step functions) of predicted and reference returns, one panel per entry.
@@ -180,6 +192,14 @@ pub fn heat_maps(path: &Path, title: &str, panels: &[HeatPanel], colour_label: &
             let colour = if v.is_finite() { viridis((v - lo) / (hi - lo)) } else { WHITE };
             Rectangle::new([(cx, cy), (cx + dx, cy + dy)], colour.filled())
         }))?;
+        for w in &p.walls {
+            let seg = [(w[0][0], w[0][1]), (w[1][0], w[1][1])];
+            chart.draw_series([PathElement::new(seg, BLACK.stroke_width(5))])?;
+            chart.draw_series([PathElement::new(seg, WHITE.stroke_width(2))])?;
+        }
+        if let Some(m) = p.marker {
+            chart.draw_series([Cross::new((m[0], m[1]), 8, RED.stroke_width(3))])?;
+        }
         colour_bar(&bar, lo..hi, colour_label)
     })
 }
@@ -187,18 +207,34 @@ pub fn heat_maps(path: &Path, title: &str, panels: &[HeatPanel], colour_label: &
 /// Lines (e.g. learning curves), one per named series, with a legend; a non-finite point
 /// breaks its line.
 pub fn lines(path: &Path, title: &str, x_label: &str, y_label: &str, series: &[(String, Vec<[f64; 2]>)]) -> Result<()> {
-    ensure!(!series.is_empty(), "lines: no series");
-    let all = || series.iter().flat_map(|(_, pts)| finite(pts));
-    let x = span(all().map(|p| p[0])).context("lines: no finite points")?;
-    let y = span(all().map(|p| p[1])).context("lines: no finite points")?;
-    let panel = (PANEL.0 * 3 / 2, PANEL.1 * 3 / 2);
-    figure(path, title, 1, panel, |_, area| {
-        let mut chart = chart(area, "", x.clone(), y.clone(), x_label, y_label, true)?;
-        for (s, (name, pts)) in series.iter().enumerate() {
+    let panel =
+        LinePanel { title: String::new(), x_label: x_label.into(), y_label: y_label.into(), series: series.to_vec() };
+    line_panels(path, title, std::slice::from_ref(&panel), (PANEL.0 * 3 / 2, PANEL.1 * 3 / 2))
+}
+
+/// A grid of line panels (see [`lines`]), each `panel` pixels.
+pub fn line_panels(path: &Path, title: &str, panels: &[LinePanel], panel: (u32, u32)) -> Result<()> {
+    ensure!(!panels.is_empty(), "line_panels: no panels");
+    let mut ranges = Vec::new();
+    for (i, p) in panels.iter().enumerate() {
+        ensure!(!p.series.is_empty(), "line_panels: panel {i} ({:?}) has no series", p.title);
+        let all = || p.series.iter().flat_map(|(_, pts)| finite(pts));
+        let x = span(all().map(|q| q[0]))
+            .with_context(|| format!("line_panels: panel {i} ({:?}) has no finite points", p.title))?;
+        let y = span(all().map(|q| q[1]))
+            .with_context(|| format!("line_panels: panel {i} ({:?}) has no finite points", p.title))?;
+        ranges.push((x, y));
+    }
+    figure(path, title, panels.len(), panel, |i, area| {
+        let p = &panels[i];
+        let (x, y) = ranges[i].clone();
+        let mut chart = chart(area, &p.title, x, y, &p.x_label, &p.y_label, true)?;
+        for (s, (name, pts)) in p.series.iter().enumerate() {
             let style = PALETTE[s % PALETTE.len()].stroke_width(2);
-            let runs = pts.split(|p| !p.iter().all(|v| v.is_finite()));
+            let runs = pts.split(|q| !q.iter().all(|v| v.is_finite()));
             for (r, run) in runs.filter(|r| !r.is_empty()).enumerate() {
-                let drawn = chart.draw_series(LineSeries::new(run.iter().map(|p| (p[0], p[1])), style))?;
+                chart.draw_series(run.iter().map(|q| Circle::new((q[0], q[1]), 4, style.filled())))?;
+                let drawn = chart.draw_series(LineSeries::new(run.iter().map(|q| (q[0], q[1])), style))?;
                 if r == 0 {
                     drawn.label(name).legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], style));
                 }
@@ -441,6 +477,8 @@ mod tests {
                 nx,
                 ny,
                 extent: [0.0, 1.5, 0.0, 1.0],
+                walls: vec![[[0.6, 0.0], [0.6, 0.8]]],
+                marker: Some([0.3, 0.5]),
             })
             .collect()
     }

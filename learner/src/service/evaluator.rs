@@ -80,8 +80,7 @@ pub async fn run(options: EvaluatorOptions, shutdown: impl Future<Output = ()>) 
         .with_context(|| format!("--coordinator {}", options.coordinator))?;
     // A coordinator without an experiment yet is fine: checkpoints name their own env.
     if let Some(experiment) = coordinator.experiment().await.context("the coordinator's experiment")? {
-        let env: EnvId = experiment.env_id.parse().map_err(|e| anyhow::anyhow!("the coordinator's experiment: {e}"))?;
-        evaluate::supported(env)?;
+        let _: EnvId = experiment.env_id.parse().map_err(|e| anyhow::anyhow!("the coordinator's experiment: {e}"))?;
     }
     let incarnation = common::incarnation::new_incarnation();
     let registration = Registration::new(Role::Evaluator, incarnation);
@@ -210,8 +209,9 @@ fn add(pending: &mut BTreeMap<u64, Pending>, entry: pb::CheckpointEntry) {
     }
 }
 
-/// A checkpoint this evaluator has no report for (another env): the same answer from every
-/// evaluator and every attempt, so the version is marked skipped, with this reason, not retried.
+/// A checkpoint no evaluator can report on (its model does not read the states its env
+/// produces): the same answer from every evaluator and every attempt, so the version is marked
+/// skipped, with this reason, not retried.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 struct Unsupported(String);
@@ -255,7 +255,7 @@ async fn evaluate_claimed(
         tokio::task::spawn_blocking(move || {
             let model = TrainedModel::load(&dir)?;
             let on = evaluate::TrainedOn::of(&model)?;
-            evaluate::supported(on.env_id).map_err(|e| Unsupported(format!("{e:#}")))?;
+            evaluate::compatible(&model, &on).map_err(|e| Unsupported(format!("{e:#}")))?;
             drop(model);
             evaluate::evaluate(&dir, None, &workdir, &name, &sets)
         })
