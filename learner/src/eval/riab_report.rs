@@ -480,7 +480,9 @@ pub fn evaluate(
     let truth = &truths[&key].0;
     let o = model.atoms();
     let g = world.grid.len();
-    let label = capitalise(&model.config.model.name());
+    // "δ-model", "γ-model (the SR baseline)": the name without its article, for titles and legends.
+    let name = model.config.model.name();
+    let label = name.strip_prefix("a ").unwrap_or(&name).to_string();
     let step = model.step;
     let mut body = serde_json::Map::new();
 
@@ -953,10 +955,6 @@ pub fn remapping_figure(report: &mut ReportDir, sections: &[&RiabSection], step:
     Ok(())
 }
 
-fn capitalise(s: &str) -> String {
-    let mut c = s.chars();
-    c.next().map(|f| f.to_uppercase().collect::<String>() + c.as_str()).unwrap_or_default()
-}
 
 #[cfg(test)]
 mod tests {
