@@ -955,7 +955,6 @@ pub fn remapping_figure(report: &mut ReportDir, sections: &[&RiabSection], step:
     Ok(())
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
