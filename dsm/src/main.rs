@@ -1,0 +1,125 @@
+//! `dsm`: `dsm up` runs the whole pipeline on one machine (see the crate docs and the README).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+
+use dsm::plan::UpOptions;
+use dsm::up::{up, Outcome};
+
+/// δ-models at scale: one command for the whole pipeline.
+#[derive(Debug, Parser)]
+#[command(name = "dsm", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the whole pipeline on this machine, on the CPU: a coordinator, its replay shards,
+    /// actors, the learner and an evaluator, as processes of the role binaries beside `dsm`,
+    /// started in order, watched, and stopped in order on Ctrl-C. Rerun the same command to
+    /// resume.
+    Up(UpArgs),
+}
+
+#[derive(Debug, Args)]
+struct UpArgs {
+    /// Experiment file (see configs/); it must name experiment.env. Every role reads it.
+    #[arg(long)]
+    config: PathBuf,
+    /// Override one config value for every role, e.g. `--set env.cells.n=100`,
+    /// `--set train.checkpoint_every=1000`, `--set eval.mc_rollouts=1000`. Repeatable.
+    #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
+    sets: Vec<String>,
+    /// Each role gets DIR/<role>/ (checkpoints, shard checkpoints, reports) and DIR/logs/<role>.log;
+    /// DIR/up.json lists the running roles. Rerunning with the same DIR resumes.
+    #[arg(long, default_value = "dsm-work")]
+    workdir: PathBuf,
+    /// Learner iterations in all (a resumed run continues up to this); 500000 is the thesis's
+    /// full run.
+    #[arg(long, default_value_t = 10_000)]
+    steps: u64,
+    /// Actor processes.
+    #[arg(long, default_value_t = 1)]
+    actors: u32,
+    /// Envs each actor steps together, one stream each.
+    #[arg(long, default_value_t = 16)]
+    envs: u32,
+    /// Env steps to simulate over all actors and envs together, then the actors stop (24,000 at
+    /// dt = 0.05 s is the thesis's 20-minute recording). A resumed run simulates only what the
+    /// store lacks. 0: the actors stream until the run stops.
+    #[arg(long, default_value_t = 24_000)]
+    env_steps: u64,
+    /// Replay shard processes (default: replay.shards of the config, else 2).
+    #[arg(long)]
+    shards: Option<u32>,
+    /// The coordinator's address; other roles (more actors, evaluators) may join it.
+    #[arg(long, default_value = "127.0.0.1:50051")]
+    listen: SocketAddr,
+    /// First metrics port: the roles serve /metrics on consecutive loopback ports from here, in
+    /// start order (all printed at start). 0: any free port for each.
+    #[arg(long, default_value_t = 9100)]
+    metrics_port: u16,
+    /// Restart a role that dies, once; without it, a dead role stops the run.
+    #[arg(long)]
+    restart: bool,
+    /// Plain progress lines every 10 s even on a terminal.
+    #[arg(long)]
+    plain: bool,
+}
+
+fn main() -> ExitCode {
+    match main_inner(Cli::parse()) {
+        Ok(Outcome::Finished | Outcome::Interrupted) => ExitCode::SUCCESS,
+        Ok(Outcome::Failed) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn main_inner(cli: Cli) -> Result<Outcome> {
+    match cli.command {
+        Command::Up(a) => {
+            let exe = std::env::current_exe().context("finding the dsm executable")?;
+            let bin_dir = exe.parent().context("the dsm executable has no directory")?.to_path_buf();
+            let options = UpOptions {
+                config: a.config,
+                sets: a.sets,
+                workdir: a.workdir,
+                steps: a.steps,
+                actors: a.actors,
+                envs: a.envs,
+                env_steps: a.env_steps,
+                shards: a.shards,
+                listen: a.listen,
+                metrics_port: a.metrics_port,
+                restart: a.restart,
+                plain: a.plain,
+                bin_dir,
+            };
+            up(&options)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+        let cli = Cli::try_parse_from(["dsm", "up", "--config", "c.toml"]).unwrap();
+        let Command::Up(a) = cli.command;
+        assert_eq!((a.steps, a.actors, a.envs, a.env_steps, a.metrics_port), (10_000, 1, 16, 24_000, 9100));
+        assert!(Cli::try_parse_from(["dsm", "up"]).is_err(), "--config is required");
+    }
+}
