@@ -147,7 +147,8 @@ fn stream(args: StreamArgs) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
         if let Some(addr) = args.metrics_addr {
-            common::telemetry::serve_metrics(addr).with_context(|| format!("--metrics-addr {addr}"))?;
+            common::telemetry::serve_metrics(addr, "actor").with_context(|| format!("--metrics-addr {addr}"))?;
+            actor::stream::metrics::register();
         }
         let report = run(options, shutdown_signal()).await?;
         eprintln!(

@@ -402,6 +402,24 @@ impl Drop for LeaseKeeper {
     }
 }
 
+/// The lease keeper's two counters, named for the role that keeps the lease, served at 0 from
+/// the start.
+pub fn register_lease_metrics(role: &str) {
+    use common::telemetry::{register_one, Kind};
+    register_one(
+        format!("dsm_{role}_heartbeat_failures_total"),
+        Kind::Counter,
+        "heartbeats that failed (retried with backoff)",
+        &[],
+    );
+    register_one(
+        format!("dsm_{role}_reregistrations_total"),
+        Kind::Counter,
+        "registrations again after the coordinator forgot this node",
+        &[],
+    );
+}
+
 async fn lease_loop(
     coordinator: CoordinatorHandle,
     registration: Registration,
@@ -410,6 +428,7 @@ async fn lease_loop(
     reregistrations: Arc<AtomicU64>,
 ) {
     let role = registration.role.name();
+    register_lease_metrics(role);
     let mut every = lease.heartbeat;
     let seed = common::rng::derive_seed(registration.incarnation, &["lease".into()]);
     let mut backoff = Backoff::new(Duration::from_millis(100), every.max(Duration::from_millis(100)), seed);

@@ -294,12 +294,14 @@ impl SamplingClient {
         }
         let slots = connect_slots(&map, options.seed).await;
         let n = slots.len();
+        register_metrics(n);
         let mut shards = Shards {
             coordinator,
             map_version: map.version,
             slots,
             idle: Backoff::new(IDLE_FIRST, IDLE_CAP, common::rng::derive_seed(options.seed, &["sampler-idle".into()])),
         };
+        metrics::gauge!("dsm_learner_live_shards").set(shards.live() as f64);
         let windows_per_shard: Arc<Vec<AtomicU64>> = Arc::new((0..n).map(|_| AtomicU64::new(0)).collect());
         let failures_per_shard: Arc<Vec<AtomicU64>> = Arc::new((0..n).map(|_| AtomicU64::new(0)).collect());
         let (tx, rx) = mpsc::channel(options.prefetch);
@@ -339,6 +341,24 @@ fn check(options: &SamplingOptions) -> Result<(), SamplingError> {
         return Err(SamplingError::BadOptions);
     }
     Ok(())
+}
+
+/// The sampling client's series in its process (the learner's): per shard slot, and the live count.
+pub const SAMPLING_PER_SHARD: [common::telemetry::Metric; 2] = [
+    common::telemetry::Metric::counter("dsm_learner_sampled_windows_total", "windows sampled from each shard"),
+    common::telemetry::Metric::counter(
+        "dsm_learner_shard_failures_total",
+        "times a shard was set aside after a failed call",
+    ),
+];
+pub const SAMPLING: [common::telemetry::Metric; 1] =
+    [common::telemetry::Metric::gauge("dsm_learner_live_shards", "shards the sampling client draws from now")];
+
+fn register_metrics(slots: usize) {
+    common::telemetry::register(&SAMPLING, &[]);
+    for id in 0..slots {
+        common::telemetry::register(&SAMPLING_PER_SHARD, &[("shard", id.to_string())]);
+    }
 }
 
 /// One slot per shard of `map`, connected now where that works (one channel per address: the

@@ -24,6 +24,7 @@
 pub mod checkpointer;
 pub mod experiment;
 pub mod membership;
+pub mod metrics;
 pub mod rate_limiter;
 pub mod registry;
 pub mod replay_config;

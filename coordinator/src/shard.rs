@@ -180,6 +180,7 @@ impl Shard {
     /// A shard holding `max_size` steps and serving windows of `window` steps. `seed` fixes its
     /// sampling stream (derived from the experiment seed, "replay" and the shard id).
     pub fn new(id: u32, max_size: u64, window: usize, limiter: RateLimiter, seed: u64) -> Shard {
+        crate::metrics::register_shard(id);
         Shard {
             id,
             max_size,

@@ -503,8 +503,11 @@ impl Supervisor {
     }
 }
 
-/// The newest evaluated version: (version, headline sorted by key, path of its report.md).
-fn newest_report(entries: &[pb::CheckpointEntry]) -> Option<(u64, Vec<(String, f64)>, String)> {
+/// A version's headline numbers, sorted by name.
+type Headline = Vec<(String, f64)>;
+
+/// The newest evaluated version: (version, headline, path of its report.md).
+fn newest_report(entries: &[pb::CheckpointEntry]) -> Option<(u64, Headline, String)> {
     entries.iter().rev().find_map(|e| {
         let ev = e.evaluation.as_ref()?;
         (ev.state() == pb::evaluation::State::Done).then(|| {

@@ -10,6 +10,7 @@
 //! Backoff, connections and the coordinator's calls are the `client` crate's.
 
 pub mod chunker;
+pub mod metrics;
 pub mod resolver;
 pub mod run;
 pub mod writer;

@@ -280,11 +280,6 @@ impl ShardWriter {
         let mut ever_connected = false;
         let mut outage: Option<Outage> = None;
         let mut state = State::Down(self.attempt(&resolver, &book, Duration::ZERO, false));
-        // Register the recovery counters at zero, so dashboards and alerts see them before the
-        // first failure.
-        for name in ["dsm_actor_acked_steps_total", "dsm_actor_resent_chunks_total", "dsm_actor_reconnects_total"] {
-            metrics::counter!(name).increment(0);
-        }
         loop {
             if !input_open && book.is_empty() {
                 break;

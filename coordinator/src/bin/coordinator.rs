@@ -85,7 +85,8 @@ async fn run(cli: Cli) -> Result<()> {
     let experiment = Experiment::new(doc)?;
     std::fs::create_dir_all(&cli.workdir).with_context(|| format!("--workdir {}", cli.workdir.display()))?;
     if let Some(addr) = cli.metrics_addr {
-        common::telemetry::serve_metrics(addr).with_context(|| format!("--metrics-addr {addr}"))?;
+        common::telemetry::serve_metrics(addr, "coordinator").with_context(|| format!("--metrics-addr {addr}"))?;
+        coordinator::metrics::register_coordinator();
     }
     let listener = tokio::net::TcpListener::bind(cli.listen)
         .await

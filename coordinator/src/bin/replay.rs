@@ -66,7 +66,7 @@ async fn run(cli: Cli) -> Result<()> {
     );
     std::fs::create_dir_all(&cli.workdir).with_context(|| format!("--workdir {}", cli.workdir.display()))?;
     if let Some(addr) = cli.metrics_addr {
-        common::telemetry::serve_metrics(addr).with_context(|| format!("--metrics-addr {addr}"))?;
+        common::telemetry::serve_metrics(addr, "replay").with_context(|| format!("--metrics-addr {addr}"))?;
     }
     let opts = ReplayNodeOptions {
         coordinator: cli.coordinator,

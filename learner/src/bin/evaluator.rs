@@ -75,8 +75,9 @@ fn main_inner(cli: Cli) -> Result<()> {
         .context("starting the evaluator's runtime")?;
     if let Some(addr) = cli.metrics_addr {
         runtime
-            .block_on(async { common::telemetry::serve_metrics(addr) })
+            .block_on(async { common::telemetry::serve_metrics(addr, "evaluator") })
             .with_context(|| format!("--metrics-addr {addr}"))?;
+        evaluator::register_metrics();
         eprintln!("metrics at http://{addr}/metrics");
     }
     if let Some(dir) = &cli.checkpoint {

@@ -91,8 +91,9 @@ fn main_inner(cli: Cli) -> Result<()> {
                 .enable_all()
                 .build()
                 .context("starting the metrics runtime")?;
-            rt.block_on(async { common::telemetry::serve_metrics(addr) })
+            rt.block_on(async { common::telemetry::serve_metrics(addr, "learner") })
                 .with_context(|| format!("--metrics-addr {addr}"))?;
+            learner::train::metrics::register();
             eprintln!("metrics at http://{addr}/metrics");
             Some(rt)
         }

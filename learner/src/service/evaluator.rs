@@ -320,13 +320,32 @@ async fn locate(entry: &pb::CheckpointEntry, options: &EvaluatorOptions) -> Resu
     Ok(dest)
 }
 
+/// Every series the evaluator serves from its start; the headline numbers follow as
+/// `dsm_evaluator_headline{key=…}` once there is a report (the keys are a fixed set per env).
+pub const METRICS: [common::telemetry::Metric; 5] = [
+    common::telemetry::Metric::counter("dsm_evaluator_evaluations_total", "reports written"),
+    common::telemetry::Metric::gauge("dsm_evaluator_checkpoint_version", "version of the newest report"),
+    common::telemetry::Metric::gauge("dsm_evaluator_report_seconds", "seconds the newest report took"),
+    common::telemetry::Metric::gauge("dsm_evaluator_lag_versions", "versions waiting for an evaluation"),
+    common::telemetry::Metric::counter(
+        "dsm_evaluator_failures_total",
+        "evaluations that failed (retried up to 3 times)",
+    ),
+];
+pub const HEADLINE: &str = "dsm_evaluator_headline";
+
+/// Once, when the exporter is installed.
+pub fn register_metrics() {
+    common::telemetry::register(&METRICS, &[]);
+}
+
 /// The report's numbers as gauges: the version is a value, never a label.
 pub fn record(version: u64, written: &Written) {
     metrics::counter!("dsm_evaluator_evaluations_total").increment(1);
     metrics::gauge!("dsm_evaluator_checkpoint_version").set(version as f64);
     metrics::gauge!("dsm_evaluator_report_seconds").set(written.seconds);
     for (k, v) in &written.headline {
-        metrics::gauge!(format!("dsm_evaluator_{k}")).set(*v);
+        metrics::gauge!(HEADLINE, "key" => k.clone()).set(*v);
     }
 }
 

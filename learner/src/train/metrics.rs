@@ -7,6 +7,8 @@
 
 use std::time::Duration;
 
+use common::telemetry::Metric;
+
 /// Iterations (one D step and one G step) completed by this process.
 pub const ITERATIONS: &str = "dsm_learner_iterations_total";
 /// The model's step: the iteration count including the run it resumed from.
@@ -21,16 +23,29 @@ pub const CHECKPOINT_STEP: &str = "dsm_learner_checkpoint_step";
 /// Always 1, with the engine and its thread count as labels.
 pub const INFO: &str = "dsm_learner_info";
 
-/// Every metric this module records, with whether it is a counter.
-pub const ALL: [(&str, bool); 7] = [
-    (ITERATIONS, true),
-    (STEP, false),
-    (DISCRIMINATOR_LOSS, false),
-    (GENERATOR_LOSS, false),
-    (ITERATION_SECONDS, false),
-    (CHECKPOINT_STEP, false),
-    (INFO, false),
+/// The newest evaluation the learner read back from the registry: its version, and its headline
+/// numbers with the number's name as the `key` label (a fixed set per env).
+pub const EVALUATED_VERSION: &str = "dsm_learner_evaluated_version";
+pub const EVALUATION_HEADLINE: &str = "dsm_learner_evaluation_headline";
+
+/// Every series the learner serves from its start (the info gauge is set with its labels by
+/// [`started`], the evaluation headline once there is one; the sampling client registers its own).
+pub const ALL: [Metric; 9] = [
+    Metric::counter(ITERATIONS, "iterations completed by this process"),
+    Metric::gauge(STEP, "the model's step, counting the run it resumed from"),
+    Metric::gauge(DISCRIMINATOR_LOSS, "the last iteration's discriminator loss"),
+    Metric::gauge(GENERATOR_LOSS, "the last iteration's generator loss"),
+    Metric::histogram(ITERATION_SECONDS, "wall time of one iteration, data included"),
+    Metric::gauge(CHECKPOINT_STEP, "step of the newest checkpoint written"),
+    Metric::counter("dsm_learner_checkpoint_fetches_total", "checkpoint fetches served to evaluators"),
+    Metric::counter("dsm_learner_checkpoints_skipped_total", "checkpoints deleted before any evaluator took them"),
+    Metric::gauge(EVALUATED_VERSION, "the newest version with an evaluation in the registry"),
 ];
+
+/// Once, when the exporter is installed.
+pub fn register() {
+    common::telemetry::register(&ALL, &[]);
+}
 
 /// Once at the start of a run.
 pub fn started(engine: &'static str, threads: usize, replicas: usize, step: u64) {
@@ -59,8 +74,10 @@ mod tests {
 
     #[test]
     fn names_follow_the_convention() {
-        for (name, counter) in ALL {
-            common::telemetry::check_metric_name(name, counter).unwrap();
+        for m in ALL {
+            common::telemetry::check_metric_name(m.name, m.kind == common::telemetry::Kind::Counter).unwrap();
         }
+        common::telemetry::check_metric_name(INFO, false).unwrap();
+        common::telemetry::check_metric_name(EVALUATION_HEADLINE, false).unwrap();
     }
 }

@@ -217,9 +217,9 @@ impl Publisher {
             headline.sort_by(|a, b| a.0.cmp(b.0));
             let text: Vec<String> = headline.iter().map(|(k, v)| format!("{k} {v:.4}")).collect();
             eprintln!("evaluation of version {}: {} ({})", e.version, text.join(", "), ev.report_uri);
-            metrics::gauge!("dsm_learner_evaluated_version").set(e.version as f64);
+            metrics::gauge!(super::metrics::EVALUATED_VERSION).set(e.version as f64);
             for (k, v) in headline {
-                metrics::gauge!(format!("dsm_learner_evaluation_{k}")).set(*v);
+                metrics::gauge!(super::metrics::EVALUATION_HEADLINE, "key" => k.clone()).set(*v);
             }
         }
     }

@@ -180,7 +180,25 @@ impl WindowSource for ReplaySource {
                 self.served.window_steps
             );
         }
-        let b = self.runtime.block_on(self.client.next())?;
+        // A stop request is honoured at the next iteration boundary; but when no shard answers (the
+        // store was stopped first, or died) that boundary never comes, so after a second of
+        // waiting a stop request ends the run here, without a final checkpoint: the state may be
+        // half an iteration, and the newest checkpoint on disk stands.
+        let client = &mut self.client;
+        let b = self.runtime.block_on(async {
+            let next = client.next();
+            tokio::pin!(next);
+            let waiting = std::time::Instant::now();
+            loop {
+                match tokio::time::timeout(std::time::Duration::from_millis(200), &mut next).await {
+                    Ok(b) => return b.map_err(anyhow::Error::from),
+                    Err(_) if super::stop::requested() && waiting.elapsed() > std::time::Duration::from_secs(1) => {
+                        bail!("stop requested while waiting for the replay store, which does not answer; exiting without a final checkpoint (the newest one on disk stands)")
+                    }
+                    Err(_) => {}
+                }
+            }
+        })?;
         let (w, s) = (self.served.window_steps, self.served.obs_dim);
         if (b.windows, b.window_steps, b.obs_dim) != (batch, w, s) {
             bail!(
