@@ -329,16 +329,14 @@ impl Supervisor {
         self.running.iter().any(|r| r.spec.kind == Kind::Learner && r.finished)
     }
 
-    /// Whether the registry's newest version has its evaluation (done or skipped).
-    fn newest_is_final(&mut self) -> bool {
+    /// Whether the registry's newest version has its evaluation (done or skipped), or there is
+    /// no version at all.
+    fn newest_is_final(&self) -> bool {
         use pb::evaluation::State;
-        let Some(newest) = self.registry.last() else {
-            self.progress.phase = Some("the learner published no checkpoint".into());
-            return true;
-        };
-        let state = newest.evaluation.as_ref().map(|e| e.state()).unwrap_or(State::Pending);
-        self.progress.phase = Some(format!("waiting for the evaluation of version {}", newest.version));
-        matches!(state, State::Done | State::Skipped)
+        self.registry.last().is_none_or(|newest| {
+            let state = newest.evaluation.as_ref().map(|e| e.state()).unwrap_or(State::Pending);
+            matches!(state, State::Done | State::Skipped)
+        })
     }
 
     /// Scrapes every live role and the registry into the view.
@@ -391,6 +389,7 @@ impl Supervisor {
         }
         if learner_finished {
             p.iterations_per_second = 0.0;
+            p.learner_step = p.learner_target as f64;
         }
         p.checkpoint = self.registry.last().map(|e| (e.version, e.step));
         p.evaluation =

@@ -45,6 +45,9 @@ pub const ALL: [Metric; 9] = [
 /// Once, when the exporter is installed.
 pub fn register() {
     common::telemetry::register(&ALL, &[]);
+    // No loss before the first iteration: NaN, not a 0 that reads as a perfect fit.
+    metrics::gauge!(DISCRIMINATOR_LOSS).set(f64::NAN);
+    metrics::gauge!(GENERATOR_LOSS).set(f64::NAN);
 }
 
 /// Once at the start of a run.
