@@ -20,8 +20,10 @@ pub const SECTIONS: [&str; 6] = ["experiment", "env", "replay", "model", "train"
 /// Why a configuration was refused. Every message names the file, flag or `section.key` at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    // `cause`, not `source`: the message already holds it, and a source would print it twice in
+    // an error chain.
+    #[error("cannot read config file {path}: {cause}")]
+    Read { path: String, cause: std::io::Error },
     #[error("config file {path} is not valid TOML: {message}")]
     Parse { path: String, message: String },
     #[error("unknown config section [{0}] (known sections: experiment, env, replay, model, train, eval)")]
@@ -81,7 +83,7 @@ impl ConfigDoc {
     /// Reads and parses a file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
+            .map_err(|cause| ConfigError::Read { path: path.display().to_string(), cause })?;
         Self::parse(&text, &path.display().to_string())
     }
 

@@ -471,7 +471,9 @@ impl Supervisor {
             if let Some(c) = newest_checkpoint {
                 eprintln!("newest checkpoint: step {} ({})", c.step, c.uri.trim_start_matches("file://"));
             }
-            eprintln!("rerun the same command to resume");
+            if *outcome == Outcome::Interrupted || newest_checkpoint.is_some() {
+                eprintln!("rerun the same command to resume");
+            }
         }
     }
 

@@ -55,7 +55,8 @@ impl Progress {
     }
 
     fn learner_line(&self) -> String {
-        let loss = |l: Option<f64>| l.filter(|v| v.is_finite()).map(|v| format!("{v:.4}")).unwrap_or_else(|| "–".into());
+        let loss =
+            |l: Option<f64>| l.filter(|v| v.is_finite()).map(|v| format!("{v:.4}")).unwrap_or_else(|| "–".into());
         let eta = self.eta().map(|d| format!(", ETA {}", duration(d))).unwrap_or_default();
         format!(
             "{:.1} it/s, D loss {}, G loss {}{eta}",
