@@ -55,6 +55,10 @@ struct StreamArgs {
     /// Serve Prometheus metrics at http://HOST:PORT/metrics.
     #[arg(long)]
     metrics_addr: Option<std::net::SocketAddr>,
+    /// Serve `grpc.health.v1` at HOST:PORT (SERVING while the process runs), for orchestrators
+    /// that probe every role over gRPC (Kubernetes `grpc` probes). An actor serves no other gRPC.
+    #[arg(long, value_name = "HOST:PORT")]
+    health_addr: Option<std::net::SocketAddr>,
     /// On SIGTERM, wait at most this long (seconds) for outstanding chunks to be acknowledged.
     #[arg(long, default_value_t = 10.0)]
     drain_seconds: f64,
@@ -148,7 +152,10 @@ fn stream(args: StreamArgs) -> Result<()> {
     runtime.block_on(async {
         if let Some(addr) = args.metrics_addr {
             common::telemetry::serve_metrics(addr, "actor").with_context(|| format!("--metrics-addr {addr}"))?;
-            actor::stream::metrics::register();
+            actor::stream::metrics::register(env.as_str(), args.actor_id, args.envs);
+        }
+        if let Some(addr) = args.health_addr {
+            proto::health::serve(addr).await.with_context(|| format!("--health-addr {addr}"))?;
         }
         let report = run(options, shutdown_signal()).await?;
         eprintln!(

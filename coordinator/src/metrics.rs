@@ -19,12 +19,14 @@ pub const COORDINATOR: [Metric; 10] = [
 ];
 
 /// Per registry kind (`kind` label: model, policy).
-pub const REGISTRY: [Metric; 1] =
-    [Metric::counter("dsm_coordinator_checkpoints_published_total", "checkpoint versions published to the registry")];
+pub const REGISTRY: [Metric; 2] = [
+    Metric::counter("dsm_coordinator_checkpoints_published_total", "checkpoint versions published to the registry"),
+    Metric::gauge("dsm_coordinator_published_version", "the newest version published to the registry"),
+];
 
 /// Per shard (`shard` label: the slot id, at most K values), in a `replay` process or a
 /// coordinator hosting shards.
-pub const SHARD: [Metric; 14] = [
+pub const SHARD: [Metric; 19] = [
     Metric::gauge("dsm_replay_size_steps", "steps stored"),
     Metric::counter("dsm_replay_inserted_steps_total", "steps inserted"),
     Metric::counter("dsm_replay_evicted_steps_total", "steps evicted (FIFO, at max_size)"),
@@ -45,6 +47,14 @@ pub const SHARD: [Metric; 14] = [
         "time the table was locked for a checkpoint's snapshot",
     ),
     Metric::histogram("dsm_replay_checkpoint_duration_seconds", "time to write a checkpoint"),
+    Metric::gauge("dsm_replay_blocked_inserts", "inserts waiting on the rate limiter now"),
+    Metric::gauge("dsm_replay_blocked_samples", "samples waiting on the rate limiter now"),
+    Metric::histogram("dsm_replay_insert_seconds", "time to answer an insert (limiter wait included)"),
+    Metric::histogram("dsm_replay_sample_seconds", "time to answer a sample (limiter wait included)"),
+    Metric::gauge(
+        "dsm_replay_samples_per_insert_target",
+        "the limiter's windows sampled per step inserted (0: not ratio-limited)",
+    ),
 ];
 
 /// At the coordinator's start.

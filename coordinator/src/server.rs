@@ -89,6 +89,7 @@ pub async fn serve(
             latest.uri
         );
     }
+    restore_registry_gauges(&registry);
     let experiment_file = options.workdir.as_ref().map(|d| d.join("experiment.toml"));
     let state = CoordinatorState::new(experiment, map, registry, experiment_file);
     let reaper = tokio::spawn(state.clone().run_reaper());
@@ -127,4 +128,22 @@ pub async fn serve(
     let saved = checkpointer::shutdown_all(&checkpoints).await;
     result?;
     saved
+}
+
+/// After a restart the registry's gauges start from what its file holds, not from 0, so that
+/// "published minus evaluated" (the evaluator-lag alert) stays true across a coordinator restart.
+fn restore_registry_gauges(registry: &Registry) {
+    for kind in [Kind::Model, Kind::Policy] {
+        if let Some(latest) = registry.latest(kind) {
+            metrics::gauge!("dsm_coordinator_published_version", "kind" => kind.as_str()).set(latest.version as f64);
+        }
+    }
+    let evaluated = registry
+        .entries(Kind::Model, 0)
+        .filter(|(_, e)| matches!(e, crate::registry::Evaluation::Done { .. }))
+        .map(|(r, _)| r.version)
+        .max();
+    if let Some(v) = evaluated {
+        metrics::gauge!("dsm_coordinator_evaluated_version").set(v as f64);
+    }
 }

@@ -159,6 +159,42 @@ pub enum RestoreError {
     Inconsistent(String),
 }
 
+/// Counts one request waiting on the limiter in a gauge for as long as it lives, so that a wait
+/// that never ends is visible (the blocked-seconds histograms record a wait only once it ends).
+struct Blocked(metrics::Gauge);
+
+impl Blocked {
+    fn new(name: &'static str, shard: u32) -> Blocked {
+        let gauge = metrics::gauge!(name, "shard" => shard.to_string());
+        gauge.increment(1.0);
+        Blocked(gauge)
+    }
+}
+
+impl Drop for Blocked {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
+    }
+}
+
+/// Records the time from a request's arrival to its answer (whatever the answer) when dropped.
+struct Answered {
+    histogram: metrics::Histogram,
+    since: Instant,
+}
+
+impl Answered {
+    fn new(name: &'static str, shard: u32) -> Answered {
+        Answered { histogram: metrics::histogram!(name, "shard" => shard.to_string()), since: Instant::now() }
+    }
+}
+
+impl Drop for Answered {
+    fn drop(&mut self) {
+        self.histogram.record(self.since.elapsed().as_secs_f64());
+    }
+}
+
 struct State {
     table: Table,
     limiter: RateLimiter,
@@ -181,6 +217,13 @@ impl Shard {
     /// sampling stream (derived from the experiment seed, "replay" and the shard id).
     pub fn new(id: u32, max_size: u64, window: usize, limiter: RateLimiter, seed: u64) -> Shard {
         crate::metrics::register_shard(id);
+        // A MinSize limiter is Reverb's ratio limiter with infinite bounds: it targets no ratio.
+        let target = if limiter.min_diff().is_finite() && limiter.max_diff().is_finite() {
+            limiter.samples_per_insert()
+        } else {
+            0.0
+        };
+        metrics::gauge!("dsm_replay_samples_per_insert_target", "shard" => id.to_string()).set(target);
         Shard {
             id,
             max_size,
@@ -325,6 +368,8 @@ impl Shard {
         deadline: Option<Instant>,
     ) -> Result<Inserted, Refused> {
         let steps = chunk.steps as u64;
+        let _answered = Answered::new("dsm_replay_insert_seconds", self.id);
+        let mut blocked: Option<Blocked> = None;
         let mut waited_since: Option<Instant> = None;
         loop {
             let notified = self.changed.notified();
@@ -381,6 +426,7 @@ impl Shard {
             }
             let now = Instant::now();
             waited_since.get_or_insert(now);
+            blocked.get_or_insert_with(|| Blocked::new("dsm_replay_blocked_inserts", self.id));
             match deadline {
                 Some(d) if d <= now => {
                     if let Some(t) = waited_since {
@@ -405,6 +451,8 @@ impl Shard {
     /// only while the limiter allows them at once. Sampling also needs a valid window start (the
     /// limiter counts steps, and steps spread over streams shorter than a window make none).
     pub async fn sample(&self, count: usize, deadline: Instant, out: &mut PackedWindows) -> Result<(), Refused> {
+        let _answered = Answered::new("dsm_replay_sample_seconds", self.id);
+        let mut blocked: Option<Blocked> = None;
         let mut waited_since: Option<Instant> = None;
         loop {
             let notified = self.changed.notified();
@@ -445,6 +493,7 @@ impl Shard {
             }
             let now = Instant::now();
             waited_since.get_or_insert(now);
+            blocked.get_or_insert_with(|| Blocked::new("dsm_replay_blocked_samples", self.id));
             if deadline <= now {
                 if let Some(t) = waited_since {
                     self.lock().counters.sample_blocked += t.elapsed();

@@ -25,6 +25,23 @@ enum Command {
     /// started in order, watched, and stopped in order on Ctrl-C. Rerun the same command to
     /// resume.
     Up(UpArgs),
+    /// Ask a role's `grpc.health.v1` whether it is SERVING: exit 0 if so, 1 with one line if
+    /// not or if it does not answer in time. The probe of docker compose healthchecks (every role
+    /// answers health: the coordinator, shards and learner on their service port, actors and
+    /// evaluators on --health-addr).
+    Health(HealthArgs),
+}
+
+#[derive(Debug, Args)]
+struct HealthArgs {
+    /// The role's gRPC HOST:PORT.
+    address: String,
+    /// The service to ask about (default: the whole server), e.g. dsm.v1.Coordinator.
+    #[arg(long, default_value = "")]
+    service: String,
+    /// How long to wait for the answer, connecting included.
+    #[arg(long, default_value_t = 2.0, value_name = "S")]
+    timeout_seconds: f64,
 }
 
 #[derive(Debug, Args)]
@@ -86,6 +103,24 @@ fn main() -> ExitCode {
 
 fn main_inner(cli: Cli) -> Result<Outcome> {
     match cli.command {
+        Command::Health(a) => {
+            anyhow::ensure!(
+                a.timeout_seconds.is_finite() && a.timeout_seconds > 0.0,
+                "--timeout-seconds must be a number > 0"
+            );
+            let prober = dsm::probe::Prober::new().context("starting the probe's runtime")?;
+            let timeout = std::time::Duration::from_secs_f64(a.timeout_seconds);
+            match prober.health(&a.address, &a.service, timeout) {
+                Ok(()) => {
+                    println!("{}: SERVING", a.address);
+                    Ok(Outcome::Finished)
+                }
+                Err(why) => {
+                    eprintln!("{}: {why}", a.address);
+                    Ok(Outcome::Failed)
+                }
+            }
+        }
         Command::Up(a) => {
             let exe = std::env::current_exe().context("finding the dsm executable")?;
             let bin_dir = exe.parent().context("the dsm executable has no directory")?.to_path_buf();
@@ -118,8 +153,11 @@ mod tests {
     fn cli_is_well_formed() {
         Cli::command().debug_assert();
         let cli = Cli::try_parse_from(["dsm", "up", "--config", "c.toml"]).unwrap();
-        let Command::Up(a) = cli.command;
+        let Command::Up(a) = cli.command else { panic!("parsed as up") };
         assert_eq!((a.steps, a.actors, a.envs, a.env_steps, a.metrics_port), (10_000, 1, 16, 24_000, 9100));
         assert!(Cli::try_parse_from(["dsm", "up"]).is_err(), "--config is required");
+        let cli = Cli::try_parse_from(["dsm", "health", "127.0.0.1:50051"]).unwrap();
+        let Command::Health(h) = cli.command else { panic!("parsed as health") };
+        assert_eq!((h.address.as_str(), h.service.as_str(), h.timeout_seconds), ("127.0.0.1:50051", "", 2.0));
     }
 }

@@ -64,14 +64,28 @@ impl Prober {
     }
 
     fn serving(&self, addr: SocketAddr) -> bool {
+        self.health(&addr.to_string(), "", DEADLINE).is_ok()
+    }
+
+    /// Ok when `service` at `addr` (HOST:PORT) answers SERVING within `timeout`; otherwise what
+    /// it answered, or why it did not.
+    pub fn health(&self, addr: &str, service: &str, timeout: Duration) -> Result<(), String> {
         self.runtime.block_on(async {
             let call = async {
-                let channel = self.channel(&addr.to_string())?;
+                let channel = self.channel(addr).ok_or_else(|| format!("{addr:?} is not a HOST:PORT"))?;
                 let mut health = HealthClient::new(channel);
-                let answer = health.check(HealthCheckRequest { service: String::new() }).await.ok()?;
-                Some(answer.into_inner().status() == ServingStatus::Serving)
+                let request = HealthCheckRequest { service: service.to_string() };
+                let answer = health.check(request).await.map_err(|s| match s.code() {
+                    tonic::Code::NotFound => format!("no service {service:?} there"),
+                    tonic::Code::Unavailable => "not answering (connection refused or closed)".to_string(),
+                    _ => format!("{}: {}", s.code(), s.message()),
+                })?;
+                match answer.into_inner().status() {
+                    ServingStatus::Serving => Ok(()),
+                    other => Err(other.as_str_name().to_string()),
+                }
             };
-            tokio::time::timeout(DEADLINE, call).await.ok().flatten().unwrap_or(false)
+            tokio::time::timeout(timeout, call).await.unwrap_or_else(|_| Err(format!("no answer within {timeout:?}")))
         })
     }
 

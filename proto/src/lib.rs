@@ -8,6 +8,7 @@ pub mod pb {
 }
 
 pub mod convert;
+pub mod health;
 
 /// gRPC message limit, both directions, on every channel and server of the `Coordinator` and
 /// `Replay` services. Chunks are a few hundred KiB; a 4096-window sample of 50-float observations

@@ -14,9 +14,15 @@ pub const ACTOR: [Metric; 6] = [
     Metric::counter("dsm_actor_refused_chunks_total", "chunks a shard refused (and the actor dropped)"),
 ];
 
+/// Always 1, labelled with what this actor simulates, so that a dashboard can group the
+/// unlabelled counters above by env (`* on (instance) group_left (env) dsm_actor_info`).
+pub const INFO: &str = "dsm_actor_info";
+
 /// At the actor's start, once the exporter is installed.
-pub fn register() {
+pub fn register(env: &str, actor_id: u64, envs: usize) {
     register_all(&ACTOR, &[]);
+    metrics::gauge!(INFO, "env" => env.to_string(), "actor_id" => actor_id.to_string(), "envs" => envs.to_string())
+        .set(1.0);
 }
 
 #[cfg(test)]
@@ -28,5 +34,6 @@ mod tests {
         for m in ACTOR {
             common::telemetry::check_metric_name(m.name, true).unwrap();
         }
+        common::telemetry::check_metric_name(INFO, false).unwrap();
     }
 }

@@ -329,6 +329,7 @@ impl Coordinator for CoordinatorService {
         };
         lock(&self.state.registry).publish(record.clone()).map_err(registry_status)?;
         metrics::counter!("dsm_coordinator_checkpoints_published_total", "kind" => kind.as_str()).increment(1);
+        metrics::gauge!("dsm_coordinator_published_version", "kind" => kind.as_str()).set(record.version as f64);
         // No watcher is fine.
         let _ = self.state.watchers.send(record);
         Ok(Response::new(pb::PublishCheckpointResponse {}))

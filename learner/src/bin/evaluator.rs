@@ -39,6 +39,10 @@ struct Cli {
     /// version, evaluations completed, seconds per report, versions waiting.
     #[arg(long, value_name = "ADDR")]
     metrics_addr: Option<std::net::SocketAddr>,
+    /// Serve `grpc.health.v1` at HOST:PORT (SERVING while the process runs), for orchestrators
+    /// that probe every role over gRPC (Kubernetes `grpc` probes). An evaluator serves no other gRPC.
+    #[arg(long, value_name = "HOST:PORT")]
+    health_addr: Option<std::net::SocketAddr>,
     /// With --coordinator: how long to keep retrying an unreachable coordinator at start.
     #[arg(long, default_value_t = 60, value_name = "S")]
     connect_timeout_seconds: u64,
@@ -79,6 +83,9 @@ fn main_inner(cli: Cli) -> Result<()> {
             .with_context(|| format!("--metrics-addr {addr}"))?;
         evaluator::register_metrics();
         eprintln!("metrics at http://{addr}/metrics");
+    }
+    if let Some(addr) = cli.health_addr {
+        runtime.block_on(proto::health::serve(addr)).with_context(|| format!("--health-addr {addr}"))?;
     }
     if let Some(dir) = &cli.checkpoint {
         let model = learner::eval::model::TrainedModel::load(dir)?;
