@@ -9,40 +9,8 @@ use std::time::{Duration, Instant};
 
 use dsm::prom_text;
 
-/// Small enough that an iteration takes well under a millisecond and a report a second or two.
-const TINY: &str = r#"
-[experiment]
-env = "riab-random"
-seed = 3
-
-[env.cells]
-n = 12
-
-[model]
-num_outer = 3
-num_inner = 3
-latent_dims = 2
-generator_hidden = 8
-discriminator_hidden = 8
-
-[train]
-batch_size = 4
-checkpoint_every = 200
-keep_checkpoints = 3
-log_every = 200
-threads = 1
-"#;
-
-const EVAL_SETS: [&str; 8] = [
-    "eval.mc_rollouts=200",
-    "eval.samples_per_atom=32",
-    "eval.map_samples_per_atom=2",
-    "eval.spread_rollouts=4",
-    "eval.si_trajectory_seconds=60",
-    "eval.si_shuffles=10",
-    "eval.grid_dx=0.1",
-    "eval.decoder_dx=0.05",
-];
+mod support;
+use support::{free_port, EVAL_SETS, TINY};
 
 fn bin_dir() -> PathBuf {
     let dsm = PathBuf::from(env!("CARGO_BIN_EXE_dsm"));
@@ -173,10 +141,6 @@ impl Drop for Up {
 
 fn rand_suffix() -> u32 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos()
-}
-
-fn free_port() -> String {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string()
 }
 
 fn reports(workdir: &Path) -> Vec<PathBuf> {
