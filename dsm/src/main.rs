@@ -30,6 +30,29 @@ enum Command {
     /// answers health: the coordinator, shards and learner on their service port, actors and
     /// evaluators on --health-addr).
     Health(HealthArgs),
+    /// Draw the Grafana dashboard's panels as PNG files from a Prometheus server, with the same
+    /// PromQL queries: OUT/dashboard.png (every panel with data) and OUT/NN-<panel>.png. For
+    /// machines without Grafana, and for docs. These are plotters line charts, not Grafana.
+    Dashboard(DashboardArgs),
+}
+
+#[derive(Debug, Args)]
+struct DashboardArgs {
+    /// The Prometheus server that scrapes the roles (HOST:PORT).
+    #[arg(long, value_name = "HOST:PORT")]
+    prometheus: String,
+    /// A Grafana dashboard JSON (default: deploy/grafana/dashboards/dsm.json, built in).
+    #[arg(long, value_name = "FILE")]
+    dashboard: Option<PathBuf>,
+    /// The folder for the PNG files (created if missing).
+    #[arg(long, default_value = "dashboard", value_name = "DIR")]
+    out: PathBuf,
+    /// How far back the charts go from now (Prometheus's clock).
+    #[arg(long, default_value_t = 900.0, value_name = "S")]
+    range_seconds: f64,
+    /// Seconds between points (default: the range over 240, at least 1).
+    #[arg(long, value_name = "S")]
+    step_seconds: Option<f64>,
 }
 
 #[derive(Debug, Args)]
@@ -121,6 +144,10 @@ fn main_inner(cli: Cli) -> Result<Outcome> {
                 }
             }
         }
+        Command::Dashboard(a) => {
+            dashboard(&a)?;
+            Ok(Outcome::Finished)
+        }
         Command::Up(a) => {
             let exe = std::env::current_exe().context("finding the dsm executable")?;
             let bin_dir = exe.parent().context("the dsm executable has no directory")?.to_path_buf();
@@ -144,6 +171,34 @@ fn main_inner(cli: Cli) -> Result<Outcome> {
     }
 }
 
+fn dashboard(a: &DashboardArgs) -> Result<()> {
+    use dsm::dashboard;
+    anyhow::ensure!(a.range_seconds.is_finite() && a.range_seconds > 0.0, "--range-seconds must be a number > 0");
+    let step = a.step_seconds.unwrap_or((a.range_seconds / 240.0).max(1.0));
+    anyhow::ensure!(step.is_finite() && step > 0.0, "--step-seconds must be a number > 0");
+    let json = match &a.dashboard {
+        Some(path) => std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?,
+        None => dashboard::BUILT_IN.to_string(),
+    };
+    let (title, panels) = dashboard::parse(&json)?;
+    let api =
+        dsm::prom_api::PromApi::new(&a.prometheus, std::time::Duration::from_secs(30)).map_err(anyhow::Error::msg)?;
+    let end = api.now().map_err(anyhow::Error::msg)?;
+    let window = dashboard::Window { end, range: a.range_seconds, step };
+    eprintln!("querying {} panels over the last {} s every {step} s", panels.len(), a.range_seconds);
+    let rendered = dashboard::render(&api, &title, &panels, &window, &a.out)?;
+    for (panel, path) in &rendered.panels {
+        println!("{}: {panel}", path.display());
+    }
+    if let Some(path) = &rendered.overview {
+        println!("{}: all panels", path.display());
+    }
+    for panel in &rendered.empty {
+        println!("no data in the range: {panel}");
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -159,5 +214,9 @@ mod tests {
         let cli = Cli::try_parse_from(["dsm", "health", "127.0.0.1:50051"]).unwrap();
         let Command::Health(h) = cli.command else { panic!("parsed as health") };
         assert_eq!((h.address.as_str(), h.service.as_str(), h.timeout_seconds), ("127.0.0.1:50051", "", 2.0));
+        let cli = Cli::try_parse_from(["dsm", "dashboard", "--prometheus", "127.0.0.1:9090"]).unwrap();
+        let Command::Dashboard(d) = cli.command else { panic!("parsed as dashboard") };
+        assert_eq!((d.range_seconds, d.step_seconds, d.out), (900.0, None, PathBuf::from("dashboard")));
+        assert!(Cli::try_parse_from(["dsm", "dashboard"]).is_err(), "--prometheus is required");
     }
 }

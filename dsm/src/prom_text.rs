@@ -5,8 +5,7 @@
 //! the view shows exactly what Prometheus would scrape; the metrics test reads the same parse.
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 /// One sample line.
@@ -121,19 +120,11 @@ fn parse_labels(mut s: &str) -> Option<(BTreeMap<String, String>, &str)> {
     }
 }
 
-/// GETs `http://addr/metrics` with a short deadline (HTTP/1.0, so the body ends with the
-/// connection). None when the role does not answer: it is starting, or gone.
+/// GETs `http://addr/metrics` with a short deadline. None when the role does not answer: it is
+/// starting, or gone.
 pub fn fetch(addr: SocketAddr, timeout: Duration) -> Option<String> {
-    let mut stream = TcpStream::connect_timeout(&addr, timeout).ok()?;
-    stream.set_read_timeout(Some(timeout)).ok()?;
-    stream.set_write_timeout(Some(timeout)).ok()?;
-    stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    let (head, body) = response.split_once("\r\n\r\n")?;
-    head.starts_with("HTTP/1.").then_some(())?;
-    head.split_whitespace().nth(1).filter(|code| *code == "200")?;
-    Some(body.to_string())
+    let response = crate::http::get(addr, "/metrics", timeout).ok()?;
+    (response.status == 200).then_some(response.body)
 }
 
 /// [`fetch`] and [`parse`].

@@ -3,10 +3,11 @@
 //! per role, the same job names, `deploy/prometheus/alerts.yml` loaded), asked over its HTTP API
 //! for one series of each role. Skips, saying so, where no `prometheus` binary is installed.
 
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use dsm::prom_api::PromApi;
 
 mod support;
 use support::{free_port, EVAL_SETS, TINY};
@@ -30,37 +31,6 @@ impl Drop for Killed {
 
 fn which(name: &str) -> Option<PathBuf> {
     std::env::var_os("PATH")?.to_str()?.split(':').map(|d| Path::new(d).join(name)).find(|p| p.is_file())
-}
-
-/// GET `path` from `addr` (HTTP/1.0, so the server closes the connection); the body.
-fn get(addr: &str, path: &str) -> Option<String> {
-    let mut stream = std::net::TcpStream::connect(addr).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
-    let mut text = String::new();
-    stream.read_to_string(&mut text).ok()?;
-    let (head, body) = text.split_once("\r\n\r\n")?;
-    head.starts_with("HTTP/1.0 200")
-        .then(|| body.to_string())
-        .or_else(|| head.starts_with("HTTP/1.1 200").then(|| body.to_string()))
-}
-
-fn encode(query: &str) -> String {
-    query
-        .bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
-/// The instant query's result vector (empty when Prometheus has no such series yet).
-fn query(prometheus: &str, q: &str) -> Vec<serde_json::Value> {
-    let Some(body) = get(prometheus, &format!("/api/v1/query?query={}", encode(q))) else { return Vec::new() };
-    let doc: serde_json::Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(doc["status"], "success", "{q}: {body}");
-    doc["data"]["result"].as_array().cloned().unwrap_or_default()
 }
 
 #[test]
@@ -150,13 +120,15 @@ fn a_real_prometheus_scrapes_one_series_of_every_role() {
         ("learner", "dsm_learner_iterations_total"),
         ("evaluator", "dsm_evaluator_evaluations_total"),
     ];
+    let api = PromApi::new(&web, Duration::from_secs(10)).unwrap();
+    let query = |q: &str| api.query(q).unwrap_or_default();
     let start = Instant::now();
     for (job, metric) in wanted {
         let q = format!("{metric}{{job=\"{job}\"}}");
         loop {
-            let result = query(&web, &q);
+            let result = query(&q);
             if !result.is_empty() {
-                let value: f64 = result[0]["value"][1].as_str().unwrap().parse().unwrap();
+                let value = result[0].1;
                 assert!(value.is_finite(), "{q} = {value}");
                 break;
             }
@@ -170,13 +142,63 @@ fn a_real_prometheus_scrapes_one_series_of_every_role() {
         }
     }
     // Every target up, and the live figures moving: the actor streams, the learner trains.
-    let up_targets = query(&web, "up == 1");
-    assert_eq!(up_targets.len(), roles.len(), "not every role's target is up: {up_targets:?}");
+    // (each target's first scrape comes at its own offset within the interval)
+    let start = Instant::now();
+    loop {
+        let up_targets = query("up == 1");
+        if up_targets.len() == roles.len() {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "not every role's target is up: {up_targets:?} of {roles:?}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
     // The alert rules loaded and evaluated against the live series.
-    let rules = get(&web, "/api/v1/rules").unwrap();
+    let rules = api.get("/api/v1/rules").unwrap().to_string();
     for alert in ["DsmActorDown", "DsmLearnerStalled", "DsmEvaluatorLag", "DsmShardLostSteps"] {
         assert!(rules.contains(alert), "Prometheus did not load {alert}: {rules}");
     }
     assert!(!rules.contains("\"health\":\"err\""), "a rule failed to evaluate: {rules}");
+
+    // The dashboard's panels drawn from this Prometheus (DSM_DASHBOARD_SECONDS longer first, and
+    // kept in DSM_DASHBOARD_OUT: how docs/dashboard/ was made).
+    let wait: u64 = std::env::var("DSM_DASHBOARD_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(5);
+    std::thread::sleep(Duration::from_secs(wait));
+    let out = std::env::var_os("DSM_DASHBOARD_OUT").map(PathBuf::from).unwrap_or_else(|| tmp.path().join("dashboard"));
+    let range = (start.elapsed().as_secs() + wait + 10).to_string();
+    let drawn = Command::new(env!("CARGO_BIN_EXE_dsm"))
+        .args(["dashboard", "--prometheus", &web, "--range-seconds", &range, "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&drawn.stdout).to_string() + &String::from_utf8_lossy(&drawn.stderr);
+    assert!(drawn.status.success(), "dsm dashboard failed:\n{said}");
+    let (_, panels) = dsm::dashboard::parse(dsm::dashboard::BUILT_IN).unwrap();
+    // What a minute of a tiny run gives every panel but the evaluator's headlines (a report
+    // takes longer) and the limiter's waits (nothing waits at this rate) is data.
+    let may_be_empty = ["Evaluation headlines", "Limiter blocked time"];
+    for panel in &panels {
+        let file = said.lines().find(|l| l.ends_with(&format!(": {}", panel.title)) && l.contains(".png"));
+        match file {
+            Some(line) => {
+                let path = Path::new(line.split(".png:").next().unwrap()).with_extension("png");
+                let bytes = std::fs::read(&path).unwrap();
+                assert!(
+                    bytes.starts_with(b"\x89PNG\r\n\x1a\n") && bytes.len() > 10_000,
+                    "{}: not a drawn PNG",
+                    path.display()
+                );
+            }
+            None => assert!(
+                may_be_empty.contains(&panel.title.as_str())
+                    && said.contains(&format!("no data in the range: {}", panel.title)),
+                "panel {:?} was not drawn:\n{said}",
+                panel.title
+            ),
+        }
+    }
+    assert!(out.join("dashboard.png").is_file(), "{said}");
     drop(up);
 }

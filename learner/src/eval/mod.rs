@@ -10,7 +10,6 @@ pub mod monte_carlo;
 pub mod pendulum;
 pub mod pendulum_report;
 pub mod place_fields;
-pub mod plot;
 pub mod report;
 pub mod riab_report;
 pub mod riab_rollouts;

@@ -23,8 +23,8 @@ use super::distribution_metrics as dm;
 use super::model::TrainedModel;
 use super::monte_carlo::discounted_returns;
 use super::pendulum::{atom_returns, observation, source_name, source_states, PendulumRollout, Reward};
-use super::plot::{self, CdfPanel};
 use super::report::{finite, ReportDir};
+use figures::{self as plot, CdfPanel};
 
 /// Bumped whenever the Monte-Carlo computation changes, so that stale cache files are not read.
 const MC_CACHE_VERSION: u32 = 1;

@@ -43,9 +43,9 @@ use super::distribution_metrics::{self as dm, Summary};
 use super::grid::Grid;
 use super::model::TrainedModel;
 use super::place_fields::{self, BinnedTrajectory, ShiftTest};
-use super::plot::{self, HeatPanel, LinePanel};
 use super::report::{finite, ReportDir};
 use super::riab_rollouts::Simulator;
+use figures::{self as plot, HeatPanel, LinePanel};
 
 /// Projections of the sliced Wasserstein distance, equally spaced over [0, π).
 const SLICES: usize = 64;

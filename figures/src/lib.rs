@@ -1,6 +1,7 @@
-//! Report figures: PNG files drawn with `plotters` on an RGB buffer and encoded with `png`.
+//! Figures: PNG files drawn with `plotters` on an RGB buffer and encoded with `png`. The
+//! evaluator's reports draw their figures here, and `dsm dashboard` the Grafana dashboard's panels.
 //!
-//! Text is set in DejaVu Sans, bundled in `learner/assets/` (licence beside it) and registered
+//! Text is set in DejaVu Sans, bundled in `figures/assets/` (licence beside it) and registered
 //! from bytes, so figures look the same on every machine and need no system fonts. plotters'
 //! `ab_glyph` text does no shaping: a combining mark (the dot of "θ̇", U+0307) is drawn after its
 //! letter, not above it, so labels read better with "ω" or "dθ/dt".
@@ -22,7 +23,7 @@ use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 /// The font family every text style names; `register_font` maps it to the bundled font.
 const FONT: &str = "sans-serif";
-const FONT_BYTES: &[u8] = include_bytes!("../../assets/DejaVuSans.ttf");
+const FONT_BYTES: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
 /// Text sizes in pixels. Even on purpose: plotters' `ab_glyph` text places each glyph at
 /// `(size / 2 + top) as i32`, which truncates half pixels differently for glyphs above and
 /// below that line, so an odd size sets a tick label's "." a pixel too high.
