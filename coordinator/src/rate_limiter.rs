@@ -433,6 +433,12 @@ impl RateLimiter {
         self.min_size_to_sample
     }
 
+    /// Whether the limiter holds samples to a ratio of inserts: false for a MinSize limiter,
+    /// whose bounds are `±f64::MAX` (or a ratio limiter given an unbounded range).
+    pub fn targets_a_ratio(&self) -> bool {
+        self.min_diff > -f64::MAX && self.max_diff < f64::MAX
+    }
+
     /// The lowest diff a sample may leave.
     pub fn min_diff(&self) -> f64 {
         self.min_diff
@@ -763,6 +769,8 @@ mod tests {
         assert!(is_too_small(r(f64::INFINITY, f64::INFINITY)));
         // An unbounded range is a MinSize that also counts samples: fine.
         assert!(s(1.0, f64::INFINITY).is_ok());
+        assert!(!s(1.0, f64::INFINITY).unwrap().targets_a_ratio());
+        assert!(s(1.0, 100.0).unwrap().targets_a_ratio());
     }
 
     // ---- MinSize (rate_limiters.py): samples gated on size only, inserts never blocked.
@@ -771,6 +779,7 @@ mod tests {
     fn min_size_gates_samples_on_size_only() {
         let mut l = RateLimiter::min_size(3).unwrap();
         assert_eq!((l.samples_per_insert(), l.min_diff(), l.max_diff()), (1.0, -f64::MAX, f64::MAX));
+        assert!(!l.targets_a_ratio());
         for _ in 0..3 {
             assert!(!l.can_sample(1));
             assert!(l.can_insert(1));

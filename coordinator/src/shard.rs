@@ -217,12 +217,8 @@ impl Shard {
     /// sampling stream (derived from the experiment seed, "replay" and the shard id).
     pub fn new(id: u32, max_size: u64, window: usize, limiter: RateLimiter, seed: u64) -> Shard {
         crate::metrics::register_shard(id);
-        // A MinSize limiter is Reverb's ratio limiter with infinite bounds: it targets no ratio.
-        let target = if limiter.min_diff().is_finite() && limiter.max_diff().is_finite() {
-            limiter.samples_per_insert()
-        } else {
-            0.0
-        };
+        // A MinSize limiter is Reverb's ratio limiter with unbounded diffs: it targets no ratio.
+        let target = if limiter.targets_a_ratio() { limiter.samples_per_insert() } else { 0.0 };
         metrics::gauge!("dsm_replay_samples_per_insert_target", "shard" => id.to_string()).set(target);
         Shard {
             id,

@@ -43,6 +43,7 @@ fn a_real_prometheus_scrapes_one_series_of_every_role() {
     let config = tmp.path().join("experiment.toml");
     std::fs::write(&config, TINY).unwrap();
     let workdir = tmp.path().join("run");
+    let launched = Instant::now();
     // --env-steps 0: the actor streams until the run stops, so it is still there to be scraped.
     let up = Killed(
         Command::new(env!("CARGO_BIN_EXE_dsm"))
@@ -167,7 +168,7 @@ fn a_real_prometheus_scrapes_one_series_of_every_role() {
     let wait: u64 = std::env::var("DSM_DASHBOARD_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(5);
     std::thread::sleep(Duration::from_secs(wait));
     let out = std::env::var_os("DSM_DASHBOARD_OUT").map(PathBuf::from).unwrap_or_else(|| tmp.path().join("dashboard"));
-    let range = (start.elapsed().as_secs() + wait + 10).to_string();
+    let range = (launched.elapsed().as_secs() + 1).to_string();
     let drawn = Command::new(env!("CARGO_BIN_EXE_dsm"))
         .args(["dashboard", "--prometheus", &web, "--range-seconds", &range, "--out"])
         .arg(&out)
