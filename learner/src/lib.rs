@@ -12,6 +12,7 @@
 //! - [`train`]: data, iteration, checkpoints.
 
 pub mod config;
+pub mod cuda;
 pub mod device;
 pub mod eval;
 pub mod fused;

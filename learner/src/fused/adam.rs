@@ -35,7 +35,7 @@ impl AdamConfig {
 
 simd_fn! {
     /// The element-wise update; `k` = [β₁, 1−β₁, β₂, 1−β₂, c, ε·√(1−β₂ᵗ), lr].
-    fn adam_update(param: &mut [f32], grad: &[f32], m: &mut [f32], v: &mut [f32], k: [f32; 7]) {
+    pub(crate) fn adam_update(param: &mut [f32], grad: &[f32], m: &mut [f32], v: &mut [f32], k: [f32; 7]) {
         let [beta1, f1, beta2, f2, c, eps, lr] = k;
         for (((p, &g), m), v) in param.iter_mut().zip(grad).zip(m.iter_mut()).zip(v.iter_mut()) {
             *m = *m * beta1 + g * f1;

@@ -117,6 +117,41 @@ impl FusedKernel {
         }
     }
 
+    /// The kernel as a C function `void name(float d, float* k, float* dk)` for the CUDA engine's
+    /// kernels (`cuda::source`): the same terms in the same order, each power by the same products.
+    /// The one difference is a general power, which calls `expf(−α·logf(t))` where [`eval`] has its
+    /// polynomial `exp` and `ln` (both within a few ulps of the correctly rounded values).
+    ///
+    /// [`eval`]: FusedKernel::eval
+    pub fn c_function(&self, name: &str) -> String {
+        let lit = |x: f32| format!("{x:e}f");
+        let mut body = String::new();
+        for term in &self.terms {
+            let line = match *term {
+                Term::Power { c, alpha, power } => {
+                    let p = match power {
+                        Power::Integer(m) => c_powi(m),
+                        Power::Half(m) => format!("sqrtf(r) * {}", c_powi_paren(m)),
+                        Power::General(a) => format!("expf(-({}) * logf(t))", lit(a)),
+                    };
+                    let scale = -alpha * c;
+                    format!(
+                        "    {{ float t = 1.0f + ({c}) * d; float r = 1.0f / t; float p = {p}; k += p; dk += ({scale}) * p * r; }}\n",
+                        c = lit(c),
+                        scale = lit(scale),
+                    )
+                }
+                Term::Exp { c } => {
+                    format!("    {{ float e = expf(-({c}) * d); k += e; dk -= ({c}) * e; }}\n", c = lit(c))
+                }
+            };
+            body.push_str(&line);
+        }
+        format!(
+            "DSM_DEV void {name}(float d, float* k_out, float* dk_out) {{\n    float k = 0.0f, dk = 0.0f;\n    (void)d;\n{body}    *k_out = k;\n    *dk_out = dk;\n}}\n"
+        )
+    }
+
     /// `(k(d), k'(d))` for one value.
     pub fn eval_one(&self, d: f32) -> (f32, f32) {
         let (mut k, mut dk) = ([0.0f32], [0.0f32]);
@@ -138,6 +173,23 @@ fn power_term(d: &[f32], k: &mut [f32], dk: &mut [f32], c: f32, scale: f32, pow:
         k[j] += p;
         dk[j] += scale * p * r;
     }
+}
+
+/// [`powi`] as a C expression in `r`, the same products in the same order.
+fn c_powi(m: u32) -> String {
+    match m {
+        0 => "1.0f".into(),
+        1 => "r".into(),
+        2 => "r * r".into(),
+        3 => "r * r * r".into(),
+        4 => "(r * r) * (r * r)".into(),
+        5 => "(r * r) * (r * r) * r".into(),
+        _ => format!("1.0f{}", " * r".repeat(m as usize)),
+    }
+}
+
+fn c_powi_paren(m: u32) -> String {
+    format!("({})", c_powi(m))
 }
 
 #[inline(always)]

@@ -15,7 +15,7 @@ const SLOPE: f32 = LEAKY_RELU_SLOPE as f32;
 
 simd_fn! {
     /// `dst ← lrelu(src)`.
-    fn copy_lrelu(src: &[f32], dst: &mut [f32]) {
+    pub(crate) fn copy_lrelu(src: &[f32], dst: &mut [f32]) {
         for (d, &x) in dst.iter_mut().zip(src) {
             *d = x * if x < 0.0 { SLOPE } else { 1.0 };
         }
@@ -24,7 +24,7 @@ simd_fn! {
 
 simd_fn! {
     /// `g ∘= lrelu′` given the activation's output `a` (the sign of the output is that of the input).
-    fn lrelu_backward(g: &mut [f32], a: &[f32]) {
+    pub(crate) fn lrelu_backward(g: &mut [f32], a: &[f32]) {
         for (g, &a) in g.iter_mut().zip(a) {
             *g *= if a < 0.0 { SLOPE } else { 1.0 };
         }
@@ -33,7 +33,7 @@ simd_fn! {
 
 simd_fn! {
     /// `v[r] += bias` for every row r of `v`, then lrelu when `act`.
-    fn add_bias(v: &mut [f32], bias: &[f32], act: bool) {
+    pub(crate) fn add_bias(v: &mut [f32], bias: &[f32], act: bool) {
         for row in v.chunks_exact_mut(bias.len()) {
             for (x, b) in row.iter_mut().zip(bias) {
                 let y = *x + b;
@@ -46,7 +46,7 @@ simd_fn! {
 simd_fn! {
     /// Row block r of `v` (`inner` rows of `rows.len() / blocks` values) gets row r of `rows`
     /// added, then lrelu when `act`: the per-(row, atom) part of the generator's first layer.
-    fn add_row_blocks(v: &mut [f32], rows: &[f32], width: usize, inner: usize, act: bool) {
+    pub(crate) fn add_row_blocks(v: &mut [f32], rows: &[f32], width: usize, inner: usize, act: bool) {
         for (block, r) in v.chunks_exact_mut(inner * width).zip(rows.chunks_exact(width)) {
             for row in block.chunks_exact_mut(width) {
                 for (x, b) in row.iter_mut().zip(r) {
@@ -60,7 +60,7 @@ simd_fn! {
 
 simd_fn! {
     /// `out += Σ_rows g`.
-    fn column_sums_into(g: &[f32], width: usize, out: &mut [f32]) {
+    pub(crate) fn column_sums_into(g: &[f32], width: usize, out: &mut [f32]) {
         for row in g.chunks_exact(width) {
             for (o, x) in out.iter_mut().zip(row) {
                 *o += x;
@@ -71,7 +71,7 @@ simd_fn! {
 
 simd_fn! {
     /// `dst += src`.
-    fn add_into(dst: &mut [f32], src: &[f32]) {
+    pub(crate) fn add_into(dst: &mut [f32], src: &[f32]) {
         for (d, s) in dst.iter_mut().zip(src) {
             *d += s;
         }
