@@ -11,14 +11,9 @@
 //! and passes, unless `DSM_REQUIRE_NVRTC=1` (set by `.ci/run` once the install worked), where it
 //! fails. Without a C++ compiler the host tests say so and pass (every CI machine has g++).
 
-use std::collections::HashMap;
-use std::path::PathBuf;
-use std::process::Command;
-use std::sync::{Arc, Mutex, OnceLock};
-
-use libloading::Library;
 use rand::Rng;
 
+use super::host_backend::host_library;
 use super::nvrtc;
 use super::source::{ArgKind, ModelKernels, KERNELS};
 use crate::fused::adam::{polyak, AdamConfig};
@@ -34,41 +29,6 @@ fn model(embed: usize) -> ModelKernels {
         inner: FusedKernel::new(&Kernel::rq_default()).unwrap(),
         outer: FusedKernel::new(&Kernel::imq(1.0)).unwrap(),
     }
-}
-
-/// The host build of `m`'s source, compiled once per test process; `None` (with a message) where
-/// there is no C++ compiler.
-fn host_library(m: &ModelKernels) -> Option<Arc<Library>> {
-    static LIBS: OnceLock<Mutex<HashMap<String, Arc<Library>>>> = OnceLock::new();
-    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
-    let source = m.host_source();
-    let mut libs = LIBS.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(lib) = libs.get(&source) {
-        return Some(lib.clone());
-    }
-    let cxx = std::env::var("CXX").unwrap_or_else(|_| "g++".into());
-    if Command::new(&cxx).arg("--version").output().is_err() {
-        eprintln!("skipped: no C++ compiler ({cxx}) to build the CUDA kernels for the host");
-        return None;
-    }
-    let dir = DIR.get_or_init(|| tempfile::tempdir().expect("temp dir"));
-    let n = libs.len();
-    let src_path: PathBuf = dir.path().join(format!("kernels{n}.cpp"));
-    let lib_path = dir.path().join(format!("libkernels{n}.so"));
-    std::fs::write(&src_path, &source).unwrap();
-    let out = Command::new(&cxx)
-        .args(["-std=c++17", "-O2", "-ffp-contract=off", "-fno-fast-math", "-shared", "-fPIC", "-DDSM_HOST", "-Wall"])
-        .arg("-Werror")
-        .arg(&src_path)
-        .arg("-o")
-        .arg(&lib_path)
-        .output()
-        .expect("run the C++ compiler");
-    assert!(out.status.success(), "the kernels do not compile for the host:\n{}", String::from_utf8_lossy(&out.stderr));
-    // SAFETY: a library built just now from our own source; its initialisers do nothing.
-    let lib = Arc::new(unsafe { Library::new(&lib_path) }.expect("load the host kernels"));
-    libs.insert(source, lib.clone());
-    Some(lib)
 }
 
 /// A function of the host library by name.

@@ -91,6 +91,16 @@ pub struct ModelKernels {
 }
 
 impl ModelKernels {
+    /// The kernels of `config`'s loss (checked by the engine's `unsupported` first); `state_dim`
+    /// is the embedding width when there is no φ.
+    pub fn for_config(config: &crate::config::LearnerConfig, state_dim: usize) -> Option<ModelKernels> {
+        let m = &config.model;
+        let embed = if config.train.discriminator_steps == 0 { state_dim } else { m.embedding_dim };
+        let inner = FusedKernel::new(&m.inner())?;
+        let outer = FusedKernel::new(&m.outer()).or_else(|| FusedKernel::new(&m.inner()))?;
+        Some(ModelKernels { embed, inner, outer })
+    }
+
     /// The whole source: the header, then [`FILES`].
     pub fn source(&self) -> String {
         let lit = |x: f32| format!("{x:e}f");

@@ -24,12 +24,18 @@ impl AdamConfig {
 
     /// One step at time `t` (1 for the first step) on one parameter buffer.
     pub fn step(&self, t: u64, param: &mut [f32], grad: &[f32], m: &mut [f32], v: &mut [f32]) {
+        adam_update(param, grad, m, v, self.constants(t));
+    }
+
+    /// The element-wise update's constants at time `t`, `[β₁, 1−β₁, β₂, 1−β₂, c, ε·√(1−β₂ᵗ), lr]`
+    /// (the CUDA engine's `adam_update` takes the same).
+    pub fn constants(&self, t: u64) -> [f32; 7] {
         let time = t.min(i32::MAX as u64) as i32;
         let b2 = (1.0 - self.beta2.powi(time)).sqrt();
         let c = b2 / (1.0 - self.beta1.powi(time));
         let (f1, f2) = (1.0 - self.beta1, 1.0 - self.beta2);
         let eps = self.eps * b2;
-        adam_update(param, grad, m, v, [self.beta1, f1, self.beta2, f2, c, eps, self.lr]);
+        [self.beta1, f1, self.beta2, f2, c, eps, self.lr]
     }
 }
 

@@ -293,8 +293,8 @@ pub struct FusedEngine {
     adam: AdamConfig,
     /// The step's summed gradients (over every replica after the collective).
     total: Grads,
-    grad_gen: GenParams,
-    grad_phi: PhiMoments,
+    pub(crate) grad_gen: GenParams,
+    pub(crate) grad_phi: PhiMoments,
     collective: Option<HostCollective>,
     flat: Vec<f32>,
 }

@@ -68,6 +68,12 @@ pub enum TrainError {
         #[source]
         source: anyhow::Error,
     },
+    #[error("the GPU failed at iteration {iteration}")]
+    Device {
+        iteration: u64,
+        #[source]
+        source: anyhow::Error,
+    },
     #[error("drawing windows for iteration {iteration}")]
     Data {
         iteration: u64,
