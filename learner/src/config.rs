@@ -203,6 +203,10 @@ pub struct TrainConfig {
     /// and apply one update. The trained model does not depend on it (bit for bit for powers of
     /// two, see `fused::replicas`).
     pub replicas: usize,
+    /// The GPUs to train on (`learner --gpus`): `""` for the CPU (the default), indices such as
+    /// `"0"`, or `"all"`. The GPU engine is the fused engine's iteration on the device
+    /// (`cuda::engine`); it trains one GPU for now. Exclusive with `replicas > 1`.
+    pub gpus: String,
 }
 
 impl Default for TrainConfig {
@@ -222,6 +226,7 @@ impl Default for TrainConfig {
             engine: "fused".into(),
             threads: 0,
             replicas: 1,
+            gpus: String::new(),
         }
     }
 }
@@ -321,6 +326,20 @@ impl LearnerConfig {
         }
         if t.replicas > 1 && t.engine != "fused" {
             return bad("train", format!("train.replicas = {} needs train.engine = \"fused\"", t.replicas));
+        }
+        if !t.gpus.is_empty() {
+            if let Err(e) = crate::cuda::gpus::parse(&t.gpus) {
+                return bad("train", format!("train.gpus: {e}"));
+            }
+            if t.replicas > 1 {
+                return bad(
+                    "train",
+                    format!("train.gpus = {:?} and train.replicas = {} are exclusive", t.gpus, t.replicas),
+                );
+            }
+            if t.engine != "fused" {
+                return bad("train", format!("train.gpus = {:?} needs train.engine = \"fused\"", t.gpus));
+            }
         }
         if !ENGINE_NAMES.contains(&t.engine.as_str()) {
             return bad("train", format!("train.engine must be one of {ENGINE_NAMES:?}, got {:?}", t.engine));

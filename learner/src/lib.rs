@@ -13,7 +13,6 @@
 
 pub mod config;
 pub mod cuda;
-pub mod device;
 pub mod eval;
 pub mod fused;
 pub mod loss;

@@ -148,7 +148,7 @@ fn metrics_are_served_while_training() {
         assert!(value(&body, loss).is_some_and(f64::is_finite), "{loss}: {body}");
     }
     assert!(body.contains("dsm_learner_iteration_seconds_bucket{le=\"0.01\"}"), "{body}");
-    assert!(body.contains("dsm_learner_info{engine=\"fused\",threads=\"2\",replicas=\"1\"} 1"), "{body}");
+    assert!(body.contains("dsm_learner_info{engine=\"fused\",threads=\"2\",replicas=\"1\",gpus=\"0\"} 1"), "{body}");
     // Every dsm_learner_* series the endpoint serves follows the naming rule.
     let mut seen = 0;
     for line in body.lines().filter(|l| l.starts_with("# TYPE dsm_learner_")) {

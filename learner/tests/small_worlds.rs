@@ -90,7 +90,7 @@ fn train(sets: &[&str], data: &OfflineDataset, steps: u64) -> Trainer<B> {
         assert!(losses.generator.is_finite());
     }
     match engine {
-        Engine::Burn(_) => panic!("every variant trains on the fused engine"),
+        Engine::Burn(_) | Engine::Gpu(_) => panic!("every variant trains on the fused engine"),
         Engine::Fused(fused) => {
             assert_eq!(fused.replicas(), 2);
             let mut trainer = Trainer::<B>::new(config, doc, data.obs_dim(), Default::default());

@@ -92,7 +92,7 @@ fn a_run_checkpoints_and_a_rerun_resumes_where_it_stopped() {
         e.load(&newest).unwrap();
         match e {
             Engine::Burn(t) => *t,
-            Engine::Fused(_) => panic!("tiny() asks for the burn engine"),
+            Engine::Fused(_) | Engine::Gpu(_) => panic!("tiny() asks for the burn engine"),
         }
     };
     let (a, b) = (load(), load());

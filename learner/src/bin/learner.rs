@@ -13,9 +13,9 @@ use learner::train::replay_source::ReplayOptions;
 use learner::train::run::{run, run_from_coordinator};
 
 /// Train a δ-model (distributional successor measure) on an offline `.npz` dataset or on the
-/// replay store of a running coordinator, with checkpoints and resume. Runs on the CPU: the fused
-/// engine by default (train.engine), on train.threads threads (0 = every core), as --replicas
-/// data-parallel replicas.
+/// replay store of a running coordinator, with checkpoints and resume. Runs on the CPU by default:
+/// the fused engine (train.engine), on train.threads threads (0 = every core), as --replicas
+/// data-parallel replicas; or on a GPU with --gpus.
 #[derive(Debug, Parser)]
 #[command(name = "learner", version, about)]
 #[command(group(ArgGroup::new("source").required(true).args(["dataset", "coordinator"])))]
@@ -65,6 +65,12 @@ struct Cli {
     /// model is the same for any N (bit for bit for powers of two).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     replicas: Option<u64>,
+    /// Train on the GPU with this index (overrides train.gpus): the fused engine's iteration on
+    /// the device, with the CPU engine's draws and checkpoints, so a run resumes on either.
+    /// Needs a CUDA driver, NVRTC (libnvrtc) and cuBLAS (libcublas) on the library path. Takes
+    /// one GPU for now (a list or "all" that names more is refused until the all-reduce is built).
+    #[arg(long, value_name = "LIST", conflicts_with = "replicas")]
+    gpus: Option<String>,
     /// Override one config value, e.g. `--set model.num_outer=1`. Repeatable.
     #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
     sets: Vec<String>,
@@ -107,6 +113,10 @@ fn main_inner(cli: Cli) -> Result<()> {
     if let Some(n) = cli.replicas {
         doc.apply_set(&format!("train.replicas={n}"))?;
     }
+    if let Some(gpus) = &cli.gpus {
+        learner::cuda::gpus::parse(gpus)?;
+        doc.apply_set(&format!("train.gpus={}", toml_string(gpus)))?;
+    }
     if let Some(steps) = cli.steps {
         doc.apply_set(&format!("train.steps={steps}"))?;
     }
@@ -129,6 +139,11 @@ fn main_inner(cli: Cli) -> Result<()> {
         (None, None) => anyhow::bail!("give --dataset FILE or --coordinator HOST:PORT"),
     };
     Ok(())
+}
+
+/// `s` as a TOML string literal.
+fn toml_string(s: &str) -> String {
+    toml::Value::String(s.to_string()).to_string()
 }
 
 #[cfg(test)]

@@ -4,6 +4,8 @@
 
 use common::config::ConfigDoc;
 
+use super::backend::Backend;
+use super::driver::{driver_present, CudaBackend};
 use super::engine::{unsupported, DeviceEngine};
 use super::host_backend::HostBackend;
 use super::source::ModelKernels;
@@ -49,10 +51,25 @@ fn config(extra: &[&str]) -> (LearnerConfig, ConfigDoc) {
     (LearnerConfig::resolve(&doc).unwrap(), doc)
 }
 
-fn engines(extra: &[&str], dim: usize) -> Option<(FusedEngine, DeviceEngine<HostBackend>)> {
+/// Makes the backend of a test: the host build everywhere, GPU 0 where there is a driver.
+type MakeBackend<B> = fn(&ModelKernels) -> Option<B>;
+
+fn host(m: &ModelKernels) -> Option<HostBackend> {
+    HostBackend::new(m)
+}
+
+fn gpu(m: &ModelKernels) -> Option<CudaBackend> {
+    if !driver_present() {
+        eprintln!("skipped: no CUDA driver (a `gpu` group test)");
+        return None;
+    }
+    Some(CudaBackend::new(0, m).unwrap_or_else(|e| panic!("{e:#}")))
+}
+
+fn engines<B: Backend>(extra: &[&str], dim: usize, make: MakeBackend<B>) -> Option<(FusedEngine, DeviceEngine<B>)> {
     let (cfg, doc) = config(extra);
-    let fused = FusedEngine::new(cfg.clone(), doc, dim).unwrap();
-    let backend = HostBackend::new(&ModelKernels::for_config(&cfg, dim).unwrap())?;
+    let backend = make(&ModelKernels::for_config(&cfg, dim).unwrap())?;
+    let fused = FusedEngine::new(cfg, doc, dim).unwrap();
     let device = DeviceEngine::from_fused(&fused, backend).unwrap();
     Some((fused, device))
 }
@@ -72,7 +89,7 @@ fn assert_close(what: &str, got: &[f32], want: &[f32], tol: f32) {
 /// Both engines' last gradients, to `rel` of the largest gradient of the same network (a
 /// gradient that is zero in exact arithmetic, as that of φ's output bias, which shifts both sides
 /// of every distance alike, is rounding noise in both engines).
-fn assert_same_gradients(what: &str, fused: &FusedEngine, device: &mut DeviceEngine<HostBackend>, rel: f32) {
+fn assert_same_gradients<B: Backend>(what: &str, fused: &FusedEngine, device: &mut DeviceEngine<B>, rel: f32) {
     let (gen, phi) = device.gradients().unwrap();
     let gen_scale = max_abs(fused.grad_gen.weights.iter().chain(&fused.grad_gen.biases));
     let phi_scale = max_abs(fused.grad_phi.weights.iter().chain(&fused.grad_phi.biases));
@@ -91,6 +108,16 @@ fn assert_same_gradients(what: &str, fused: &FusedEngine, device: &mut DeviceEng
 /// sums over the batch run in another order, so to 1e-4 of the network's largest gradient).
 #[test]
 fn one_iteration_matches_the_fused_engine() {
+    one_iteration_matches(host);
+}
+
+/// The same on GPU 0 (the device's kernels contract multiply-adds, hence its own rounding).
+#[test]
+fn gpu_one_iteration_matches_the_fused_engine() {
+    one_iteration_matches(gpu);
+}
+
+fn one_iteration_matches<B: Backend>(make: MakeBackend<B>) {
     // E = 8 and 6; a batch of one block of rows and of three (the loss sum's tree); a fixed
     // outer bandwidth; a generator with one hidden layer, without bootstrapping.
     let cases: [(usize, &[&str]); 4] = [
@@ -100,7 +127,7 @@ fn one_iteration_matches_the_fused_engine() {
         (4, &["model.generator_layers=1", "model.bootstrap=false"]),
     ];
     for (dim, extra) in cases {
-        let Some((mut fused, mut device)) = engines(extra, dim) else { return };
+        let Some((mut fused, mut device)) = engines(extra, dim, make) else { return };
         let data = walk(dim);
         let lf = fused.iteration(&data).unwrap();
         let ld = device.iteration(&data).unwrap();
@@ -116,8 +143,17 @@ fn one_iteration_matches_the_fused_engine() {
 /// whose gradient is rounding noise, so those are compared to 2·lr per iteration.
 #[test]
 fn ten_iterations_follow_the_fused_engine() {
+    ten_iterations_follow(host);
+}
+
+#[test]
+fn gpu_ten_iterations_follow_the_fused_engine() {
+    ten_iterations_follow(gpu);
+}
+
+fn ten_iterations_follow<B: Backend>(make: MakeBackend<B>) {
     let dim = 3;
-    let Some((mut fused, mut device)) = engines(&[], dim) else { return };
+    let Some((mut fused, mut device)) = engines(&[], dim, make) else { return };
     let data = walk(dim);
     let iterations = 10;
     for it in 1..=iterations {
@@ -146,7 +182,7 @@ fn ten_iterations_follow_the_fused_engine() {
 #[test]
 fn the_training_state_round_trips() {
     let dim = 2;
-    let Some((mut fused, _)) = engines(&[], dim) else { return };
+    let Some((mut fused, _)) = engines(&[], dim, host) else { return };
     let data = walk(dim);
     fused.iteration(&data).unwrap();
     fused.iteration(&data).unwrap();
@@ -173,4 +209,32 @@ fn configs_the_device_engine_does_not_cover_are_named() {
     }
     let (cfg, _) = config(&[]);
     assert_eq!(unsupported(&cfg), None);
+}
+
+/// The thesis and Pendulum configs for one iteration on GPU 0 against the CPU engine run live on
+/// the GPU machine's cores (too slow for CI's two): losses to 1e-4, gradients to 1e-3 of the
+/// largest (the sums run over thousands of rows in another order).
+#[test]
+fn gpu_full_configs_match_the_fused_engine() {
+    if !driver_present() {
+        eprintln!("skipped: no CUDA driver (a `gpu` group test)");
+        return;
+    }
+    for (file, dim) in [("riab-random.toml", 50usize), ("pendulum.toml", 3)] {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs").join(file);
+        let mut doc = ConfigDoc::load(&path).unwrap();
+        doc.apply_sets(&["train.threads=0"]).unwrap();
+        let cfg = LearnerConfig::resolve(&doc).unwrap();
+        let backend = gpu(&ModelKernels::for_config(&cfg, dim).unwrap()).unwrap();
+        let mut fused = FusedEngine::new(cfg, doc, dim).unwrap();
+        let mut device = DeviceEngine::from_fused(&fused, backend).unwrap();
+        let data = walk(dim);
+        let lf = fused.iteration(&data).unwrap();
+        let ld = device.iteration(&data).unwrap();
+        for (what, a, b) in [("D", ld.discriminator, lf.discriminator), ("G", ld.generator, lf.generator)] {
+            assert!((a - b).abs() <= 1e-4 * b.abs().max(1e-3), "{file} {what} loss: GPU {a} vs CPU {b}");
+        }
+        assert_same_gradients(file, &fused, &mut device, 1e-3);
+        eprintln!("{file}: GPU matches the CPU engine (D {} / G {})", ld.discriminator, ld.generator);
+    }
 }

@@ -11,7 +11,9 @@
 //! engine, and compile them to PTX wherever NVRTC is installed (CI installs it).
 
 pub mod backend;
+pub mod driver;
 pub mod engine;
+pub mod gpus;
 pub mod nvrtc;
 pub mod source;
 

@@ -1,5 +1,6 @@
 //! The engine a run computes its iterations with, behind one type: the fused engine
-//! (`crate::fused`, the default, as one or more exact data-parallel replicas) or the burn engine
+//! (`crate::fused`, the default, as one or more exact data-parallel replicas), the same
+//! iteration on a GPU (`crate::cuda::engine`, with `train.gpus`), or the burn engine
 //! ([`Trainer`], the reference).
 //!
 //! `train.engine = "fused"` selects the fused engine when it covers the config (every variant of
@@ -16,7 +17,10 @@ use burn::tensor::backend::AutodiffBackend;
 use common::config::ConfigDoc;
 
 use crate::config::LearnerConfig;
-use crate::fused::engine::unsupported;
+use crate::cuda::driver::CudaBackend;
+use crate::cuda::engine::DeviceEngine;
+use crate::cuda::source::ModelKernels;
+use crate::fused::engine::{unsupported, FusedEngine};
 use crate::fused::replicas::Replicas;
 use crate::train::dataset::WindowSource;
 use crate::train::trainer::{IterationLosses, TrainError, Trainer};
@@ -24,7 +28,33 @@ use crate::train::{checkpoint_v2, cross_engine};
 
 pub enum Engine<B: AutodiffBackend> {
     Fused(Box<Replicas>),
+    Gpu(Box<GpuRun>),
     Burn(Box<Trainer<B>>),
+}
+
+/// A run on one GPU: the device engine, and a one-thread fused engine of the same model that
+/// holds the state on the host for checkpoints (written and read in format v2 as the CPU engine's,
+/// so a GPU run resumes on the CPU and the reverse).
+pub struct GpuRun {
+    device: DeviceEngine<CudaBackend>,
+    host: FusedEngine,
+    describe: String,
+}
+
+impl GpuRun {
+    fn new(config: LearnerConfig, doc: ConfigDoc, state_dim: usize) -> Result<GpuRun> {
+        let spec = config.train.gpus.clone();
+        if let Some(why) = crate::cuda::engine::unsupported(&config) {
+            bail!("--gpus {spec}: the GPU engine does not cover {why}; omit --gpus to train on the CPU");
+        }
+        let gpus = crate::cuda::gpus::select(&spec)?;
+        let kernels = ModelKernels::for_config(&config, state_dim).expect("checked by `unsupported`");
+        let host = FusedEngine::replica(config, doc, state_dim, 1, None)?;
+        let backend = CudaBackend::new(gpus[0], &kernels)?;
+        let describe = format!("GPU engine on {}", backend.describe());
+        let device = DeviceEngine::from_fused(&host, backend)?;
+        Ok(GpuRun { device, host, describe })
+    }
 }
 
 /// Whether the burn engine's state of this config can be moved to the fused engine and back.
@@ -36,6 +66,9 @@ impl<B: AutodiffBackend> Engine<B> {
     /// The engine `train.engine` asks for (the fused one with `train.replicas` replicas), or burn
     /// with a note on stderr when the fused engine does not cover the config.
     pub fn new(config: LearnerConfig, doc: ConfigDoc, state_dim: usize, device: B::Device) -> Result<Engine<B>> {
+        if !config.train.gpus.is_empty() {
+            return Ok(Engine::Gpu(Box::new(GpuRun::new(config, doc, state_dim)?)));
+        }
         if config.train.engine == "fused" {
             match unsupported(&config) {
                 None => {
@@ -62,6 +95,7 @@ impl<B: AutodiffBackend> Engine<B> {
                 let each = f.threads_each();
                 format!("fused engine, {} replicas × {each} thread{}", f.replicas(), if each == 1 { "" } else { "s" })
             }
+            Engine::Gpu(g) => g.describe.clone(),
             Engine::Burn(_) => "burn engine".into(),
         }
     }
@@ -69,6 +103,7 @@ impl<B: AutodiffBackend> Engine<B> {
     pub fn name(&self) -> &'static str {
         match self {
             Engine::Fused(_) => "fused",
+            Engine::Gpu(_) => "gpu",
             Engine::Burn(_) => "burn",
         }
     }
@@ -77,20 +112,29 @@ impl<B: AutodiffBackend> Engine<B> {
     pub fn threads(&self) -> usize {
         match self {
             Engine::Fused(f) => f.threads(),
-            Engine::Burn(_) => 1,
+            Engine::Gpu(_) | Engine::Burn(_) => 1,
         }
     }
 
     pub fn replicas(&self) -> usize {
         match self {
             Engine::Fused(f) => f.replicas(),
-            Engine::Burn(_) => 1,
+            Engine::Gpu(_) | Engine::Burn(_) => 1,
+        }
+    }
+
+    /// GPUs in use (0 on the CPU).
+    pub fn gpus(&self) -> usize {
+        match self {
+            Engine::Gpu(_) => 1,
+            Engine::Fused(_) | Engine::Burn(_) => 0,
         }
     }
 
     pub fn config(&self) -> &LearnerConfig {
         match self {
             Engine::Fused(f) => f.config(),
+            Engine::Gpu(g) => &g.device.config,
             Engine::Burn(t) => &t.config,
         }
     }
@@ -99,6 +143,7 @@ impl<B: AutodiffBackend> Engine<B> {
     pub fn step(&self) -> u64 {
         match self {
             Engine::Fused(f) => f.step(),
+            Engine::Gpu(g) => g.device.step,
             Engine::Burn(t) => t.step,
         }
     }
@@ -106,6 +151,7 @@ impl<B: AutodiffBackend> Engine<B> {
     pub fn iteration(&mut self, data: impl WindowSource) -> Result<IterationLosses, TrainError> {
         match self {
             Engine::Fused(f) => f.iteration(data),
+            Engine::Gpu(g) => g.device.iteration(data),
             Engine::Burn(t) => t.iteration(data),
         }
     }
@@ -113,11 +159,16 @@ impl<B: AutodiffBackend> Engine<B> {
     /// Writes checkpoint `step()` into `dir` (the caller commits it) from replica 0, in format v2
     /// (v1 from the burn engine with separate discriminators). `meta` is the dataset's, kept with
     /// the checkpoint.
-    pub fn save(&self, dir: &Path, meta: Option<&serde_json::Value>) -> Result<()> {
+    pub fn save(&mut self, dir: &Path, meta: Option<&serde_json::Value>) -> Result<()> {
         match self {
             Engine::Fused(f) => {
                 f.gather_members();
                 let f = f.replica(0);
+                checkpoint_v2::write(dir, &f.to_arrays(), f.state_json(), &f.doc.to_toml(), meta)
+            }
+            Engine::Gpu(g) => {
+                g.device.store_into(&mut g.host)?;
+                let f = &g.host;
                 checkpoint_v2::write(dir, &f.to_arrays(), f.state_json(), &f.doc.to_toml(), meta)
             }
             Engine::Burn(t) if crosses(&t.config) => {
@@ -139,6 +190,14 @@ impl<B: AutodiffBackend> Engine<B> {
             Engine::Fused(f) if v2 => {
                 let c = checkpoint_v2::read(dir)?;
                 f.load_with(|first| first.load(c))
+            }
+            Engine::Gpu(g) => {
+                if v2 {
+                    g.host.load(checkpoint_v2::read(dir)?)?;
+                } else {
+                    cross_engine::load_v1_into_fused(&mut g.host, dir).context("loading a burn (v1) checkpoint")?;
+                }
+                g.device.load_from(&g.host)
             }
             Engine::Fused(f) => {
                 if !crosses(f.config()) {

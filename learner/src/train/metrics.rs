@@ -51,9 +51,9 @@ pub fn register() {
 }
 
 /// Once at the start of a run.
-pub fn started(engine: &'static str, threads: usize, replicas: usize, step: u64) {
-    let (threads, replicas) = (threads.to_string(), replicas.to_string());
-    metrics::gauge!(INFO, "engine" => engine, "threads" => threads, "replicas" => replicas).set(1.0);
+pub fn started(engine: &'static str, threads: usize, replicas: usize, gpus: usize, step: u64) {
+    let (threads, replicas, gpus) = (threads.to_string(), replicas.to_string(), gpus.to_string());
+    metrics::gauge!(INFO, "engine" => engine, "threads" => threads, "replicas" => replicas, "gpus" => gpus).set(1.0);
     metrics::gauge!(STEP).set(step as f64);
 }
 

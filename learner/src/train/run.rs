@@ -171,7 +171,7 @@ fn train<B: AutodiffBackend, S: WindowSource>(
     }
     let what = trainer.config().model.name();
     eprintln!("training {what} on {about} for {} iterations ({})", total - start_step, trainer.describe());
-    super::metrics::started(trainer.name(), trainer.threads(), trainer.replicas(), start_step);
+    super::metrics::started(trainer.name(), trainer.threads(), trainer.replicas(), trainer.gpus(), start_step);
     let terminal = std::io::stderr().is_terminal();
     let started = Instant::now();
     let mut last_draw = Instant::now() - Duration::from_secs(1);
@@ -189,7 +189,7 @@ fn train<B: AutodiffBackend, S: WindowSource>(
         let done = step - start_step;
         let rate = done as f64 / started.elapsed().as_secs_f64().max(1e-9);
         if step.is_multiple_of(checkpoint_every) {
-            save(&trainer, &checkpoints, publisher, last, rate, meta)?;
+            save(&mut trainer, &checkpoints, publisher, last, rate, meta)?;
             saved_at = step;
         }
         let eta = (total - step) as f64 / rate.max(1e-9);
@@ -216,7 +216,7 @@ fn train<B: AutodiffBackend, S: WindowSource>(
     let seconds = started.elapsed().as_secs_f64();
     if saved_at != trainer.step() {
         let rate = (trainer.step() - start_step) as f64 / seconds.max(1e-9);
-        save(&trainer, &checkpoints, publisher, last, rate, meta)?;
+        save(&mut trainer, &checkpoints, publisher, last, rate, meta)?;
     }
     eprintln!(
         "done: {} iterations in {} ({:.1} it/s); checkpoints in {}",
@@ -238,7 +238,7 @@ fn train<B: AutodiffBackend, S: WindowSource>(
 /// Writes checkpoint `trainer.step()`, commits it (DONE last), then queues it for the registry with
 /// the losses of its last iteration and the run's rate.
 fn save<B: AutodiffBackend>(
-    trainer: &Engine<B>,
+    trainer: &mut Engine<B>,
     checkpoints: &CheckpointDir,
     publisher: Option<&Publisher>,
     losses: Option<(f64, f64)>,
