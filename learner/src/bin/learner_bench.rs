@@ -12,6 +12,7 @@ use clap::Parser;
 
 use common::config::ConfigDoc;
 use learner::config::LearnerConfig;
+use learner::fused::engine::matmul_flops;
 use learner::fused::matmul::{set_backend, GemmBackend};
 use learner::fused::replicas::Replicas;
 use learner::train::dataset::OfflineDataset;
@@ -99,30 +100,6 @@ fn burn(file: &str, sets: &[String], dim: usize, warmup: u64, iters: u64) -> f64
         t.iteration(&data).expect("finite");
     }
     iters as f64 / start.elapsed().as_secs_f64()
-}
-
-/// Matrix-product FLOPs of one iteration (forward and backward, both steps); the kernel
-/// evaluations of the inner MMD come on top.
-fn matmul_flops(cfg: &LearnerConfig, s: usize) -> f64 {
-    let m = &cfg.model;
-    let (b, o, i, z, w, l, dw, e) = (
-        cfg.train.batch_size,
-        m.num_outer,
-        m.num_inner,
-        m.latent_dims,
-        m.generator_hidden,
-        m.generator_layers,
-        m.discriminator_hidden,
-        m.embedding_dim,
-    );
-    let n = (b * o * i) as f64;
-    let gen_fwd = 2.0 * n * (z * w + (l - 1) * w * w + w * s) as f64 + 2.0 * (b * o * s * w) as f64;
-    let phi_fwd = 2.0 * n * (s * dw + 6 * dw * dw + dw * e) as f64;
-    // D: target + online forward, φ forward on both sides, φ backward (weights and inputs) on both.
-    let d = 2.0 * gen_fwd + 2.0 * phi_fwd + 4.0 * phi_fwd;
-    // G: target + online forward, φ forward on both sides, φ input backward on X, generator backward.
-    let g = 2.0 * gen_fwd + 2.0 * phi_fwd + phi_fwd + 2.0 * gen_fwd;
-    d + g
 }
 
 /// Peak f32 FMA throughput of one thread, GFLOP/s (8-wide FMA chains, independent accumulators).

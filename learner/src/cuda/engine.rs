@@ -450,7 +450,7 @@ impl<B: Backend> DeviceEngine<B> {
         dev.upload_f32(self.obs, &self.batch.observations).context("uploading the windows")?;
         dev.upload_u8(self.types, &self.batch.step_types)?;
         for (purpose, dst) in [(Purpose::Online, self.z), (Purpose::Bootstrap, self.z_boot)] {
-            self.draws.latents(iteration, phase, purpose, 0..b, o * i * zd, &mut self.host_z);
+            draw_latents(&self.draws, iteration, phase, purpose, o * i * zd, &mut self.host_z);
             dev.upload_f32(self.z_rows, &self.host_z)?;
             dev.launch(Kernel::SwapAxes, n * zd, &[u(b), u(o), u(i * zd), self.z_rows.arg(), dst.arg()])?;
         }
@@ -569,6 +569,22 @@ impl<B: Backend> DeviceEngine<B> {
         let t = self.adam_generator_time;
         adam(&mut self.dev, &self.adam, t, &self.generator, &self.gen_grad, &self.gen_m1, &self.gen_m2)
     }
+}
+
+/// The latents of every batch row (`out` holds `per_row` per row), the rows spread over the
+/// machine's cores: a row's values depend only on its own counter-based stream, so this is
+/// `Draws::latents` over the whole batch, at the Pendulum sizes millions of normals a step.
+fn draw_latents(draws: &Draws, iteration: u64, phase: Phase, purpose: Purpose, per_row: usize, out: &mut [f32]) {
+    let rows = out.len() / per_row.max(1);
+    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(rows.max(1));
+    let chunk = rows.div_ceil(threads.max(1)).max(1);
+    std::thread::scope(|scope| {
+        for (k, part) in out.chunks_mut(chunk * per_row.max(1)).enumerate() {
+            let start = k * chunk;
+            let n = part.len() / per_row.max(1);
+            scope.spawn(move || draws.latents(iteration, phase, purpose, start..start + n, per_row, part));
+        }
+    });
 }
 
 fn adam<B: Backend>(dev: &mut B, cfg: &AdamConfig, t: u64, p: &Flat, g: &Flat, m1: &Flat, m2: &Flat) -> Result<()> {

@@ -125,6 +125,30 @@ pub fn replica_blocks(num_blocks: usize, rank: usize, size: usize) -> Range<usiz
     (rank * per).min(num_blocks)..((rank + 1) * per).min(num_blocks)
 }
 
+/// Matrix-product FLOPs of one iteration (forward and backward, both steps); the kernel
+/// evaluations of the inner MMD come on top.
+pub fn matmul_flops(cfg: &LearnerConfig, s: usize) -> f64 {
+    let m = &cfg.model;
+    let (b, o, i, z, w, l, dw, e) = (
+        cfg.train.batch_size,
+        m.num_outer,
+        m.num_inner,
+        m.latent_dims,
+        m.generator_hidden,
+        m.generator_layers,
+        m.discriminator_hidden,
+        m.embedding_dim,
+    );
+    let n = (b * o * i) as f64;
+    let gen_fwd = 2.0 * n * (z * w + (l - 1) * w * w + w * s) as f64 + 2.0 * (b * o * s * w) as f64;
+    let phi_fwd = 2.0 * n * (s * dw + 6 * dw * dw + dw * e) as f64;
+    // D: target + online forward, φ forward on both sides, φ backward (weights and inputs) on both.
+    let d = 2.0 * gen_fwd + 2.0 * phi_fwd + 4.0 * phi_fwd;
+    // G: target + online forward, φ forward on both sides, φ input backward on X, generator backward.
+    let g = 2.0 * gen_fwd + 2.0 * phi_fwd + phi_fwd + 2.0 * gen_fwd;
+    d + g
+}
+
 /// One thread's scratch buffers, sized once for a block of rows.
 struct Worker {
     z_rows: Vec<f32>,
