@@ -12,6 +12,7 @@ use std::marker::PhantomData;
 use anyhow::Result;
 
 use super::source::{ArgKind, Kernel};
+use crate::fused::collective::Collective;
 
 /// One allocation of a backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -156,8 +157,23 @@ impl Gemm {
     }
 }
 
+/// The buffer a device collective sums: `len` f32 at an address of the backend's memory (a device
+/// pointer; a host address for the host backend).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeviceSlice {
+    pub ptr: u64,
+    pub len: usize,
+}
+
+/// How the device replicas of one model sum their gradients (NCCL across GPUs).
+pub type DeviceCollective = Box<dyn Collective<Buffer = DeviceSlice> + Send + Sync>;
+
 /// A device the engine runs on. Work is queued in order (one stream); `download` waits for it.
 pub trait Backend {
+    /// The address of `a` in this backend's memory, for a collective.
+    fn address(&mut self, a: Addr) -> u64;
+    /// Waits until every queued call is done.
+    fn synchronize(&mut self) -> Result<()>;
     /// `bytes` of zeroed device memory.
     fn alloc(&mut self, bytes: usize) -> Result<BufId>;
     fn upload(&mut self, dst: Addr, data: &[u8]) -> Result<()>;

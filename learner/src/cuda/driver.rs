@@ -30,6 +30,7 @@ pub fn driver_present() -> bool {
     unsafe { cudarc::driver::sys::is_culib_present() }
 }
 
+/// The backend of one GPU, driven by one thread at a time (replicas each own theirs).
 pub struct CudaBackend {
     ordinal: usize,
     name: String,
@@ -40,6 +41,11 @@ pub struct CudaBackend {
     /// Device pointer and size of every allocation.
     bufs: Vec<(sys::CUdeviceptr, usize)>,
 }
+
+// SAFETY: the context, stream, functions and cuBLAS handle are used by one thread at a time (the
+// engine owning the backend; replicas run on their own threads, each with its own backend), and
+// every call binds the context to the calling thread first.
+unsafe impl Send for CudaBackend {}
 
 /// The cuBLAS handle, destroyed on drop.
 mod sys_blas {
@@ -98,12 +104,18 @@ impl CudaBackend {
         base + a.byte as u64
     }
 
+    /// Makes this backend's context current on the calling thread (replicas move between threads).
+    fn bind(&self) -> Result<()> {
+        self.ctx.bind_to_thread().map_err(|e| self.fail("binding the context", e))
+    }
+
     fn fail(&self, what: &str, e: cu::DriverError) -> anyhow::Error {
         anyhow!("{}: {what}: {}", self.describe(), describe(e))
     }
 
     /// Waits for every queued call.
     pub fn synchronize(&self) -> Result<()> {
+        self.bind()?;
         self.stream.synchronize().map_err(|e| self.fail("synchronising", e))
     }
 }
@@ -128,8 +140,16 @@ impl Drop for CudaBackend {
 }
 
 impl Backend for CudaBackend {
+    fn address(&mut self, a: Addr) -> u64 {
+        self.ptr(a)
+    }
+
+    fn synchronize(&mut self) -> Result<()> {
+        CudaBackend::synchronize(self)
+    }
+
     fn alloc(&mut self, bytes: usize) -> Result<BufId> {
-        self.ctx.bind_to_thread().map_err(|e| self.fail("binding the context", e))?;
+        self.bind()?;
         // SAFETY: a plain allocation in this backend's context, zeroed before use.
         let ptr = unsafe { cu::malloc_sync(bytes.max(1)) }.map_err(|e| {
             let (free, total) = self.ctx.mem_get_info().unwrap_or((0, 0));
@@ -145,6 +165,7 @@ impl Backend for CudaBackend {
     }
 
     fn upload(&mut self, dst: Addr, data: &[u8]) -> Result<()> {
+        self.bind()?;
         let (p, s) = (self.ptr(dst), self.stream.cu_stream());
         // SAFETY: the destination range lies in one allocation (the engine's views are checked),
         // and the copy completes before `data` is released: the stream is synchronised here, as
@@ -154,6 +175,7 @@ impl Backend for CudaBackend {
     }
 
     fn download(&mut self, src: Addr, out: &mut [u8]) -> Result<()> {
+        self.bind()?;
         let (p, s) = (self.ptr(src), self.stream.cu_stream());
         // SAFETY: as `upload`; the stream is synchronised before `out` is read.
         unsafe { cu::memcpy_dtoh_async(out, p, s) }.map_err(|e| self.fail("copying from the GPU", e))?;
@@ -161,12 +183,14 @@ impl Backend for CudaBackend {
     }
 
     fn copy(&mut self, dst: Addr, src: Addr, bytes: usize) -> Result<()> {
+        self.bind()?;
         let (d, s, st) = (self.ptr(dst), self.ptr(src), self.stream.cu_stream());
         // SAFETY: both ranges lie in allocations of this backend.
         unsafe { cu::memcpy_dtod_async(d, s, bytes, st) }.map_err(|e| self.fail("copying on the GPU", e))
     }
 
     fn zero(&mut self, dst: Addr, bytes: usize) -> Result<()> {
+        self.bind()?;
         let (d, st) = (self.ptr(dst), self.stream.cu_stream());
         // SAFETY: the range lies in an allocation of this backend.
         unsafe { cu::memset_d8_async(d, 0, bytes, st) }.map_err(|e| self.fail("zeroing", e))
@@ -215,6 +239,7 @@ impl Backend for CudaBackend {
     }
 
     fn gemm(&mut self, g: &Gemm) -> Result<()> {
+        self.bind()?;
         g.check();
         // Row-major C = op(A)·op(B) is column-major Cᵀ = op(B)ᵀ·op(A)ᵀ, so cuBLAS gets B as its
         // first operand (see backend::Gemm for the storage of each).

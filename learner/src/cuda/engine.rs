@@ -16,7 +16,9 @@
 
 use anyhow::{Context, Result};
 
-use super::backend::{f, u, Backend, BackendExt, Gemm, View};
+use std::ops::Range;
+
+use super::backend::{f, u, Backend, BackendExt, DeviceCollective, DeviceSlice, Gemm, View};
 use super::source::Kernel;
 use crate::config::LearnerConfig;
 use crate::fused::adam::AdamConfig;
@@ -54,6 +56,10 @@ pub fn unsupported(config: &LearnerConfig) -> Option<String> {
 #[derive(Debug, Clone)]
 struct Flat {
     all: View<f32>,
+    /// `all` and two floats after it, where a gradient buffer carries the step's loss (its value
+    /// and the rest, as f32) through the replicas' all-reduce, as the CPU engine's does.
+    packed: View<f32>,
+    tail: View<f32>,
     weights: Vec<View<f32>>,
     biases: Vec<View<f32>>,
 }
@@ -61,7 +67,8 @@ struct Flat {
 impl Flat {
     fn new<B: Backend>(dev: &mut B, sizes: &[(usize, usize)]) -> Result<Flat> {
         let total: usize = sizes.iter().map(|(w, b)| w + b).sum();
-        let all = dev.alloc_f32(total)?;
+        let packed = dev.alloc_f32(total + 2)?;
+        let (all, tail) = (packed.sub(0, total), packed.sub(total, 2));
         let mut at = 0;
         let mut weights = Vec::new();
         for (w, _) in sizes {
@@ -73,7 +80,7 @@ impl Flat {
             biases.push(all.sub(at, *b));
             at += b;
         }
-        Ok(Flat { all, weights, biases })
+        Ok(Flat { all, packed, tail, weights, biases })
     }
 
     fn upload<B: Backend>(&self, dev: &mut B, weights: &[Vec<f32>], biases: &[Vec<f32>]) -> Result<()> {
@@ -134,6 +141,9 @@ pub struct DeviceEngine<B: Backend> {
     pub state_dim: usize,
     pub step: u64,
     dev: B,
+    /// The batch rows this engine computes (all of them unless it is one of several replicas).
+    rows: Range<usize>,
+    collective: Option<DeviceCollective>,
     gen_shape: GenShape,
     phi_shape: PhiShape,
     draws: Draws,
@@ -228,14 +238,25 @@ fn phi_acts<B: Backend>(dev: &mut B, shape: &PhiShape, n: usize) -> Result<PhiAc
 
 impl<B: Backend> DeviceEngine<B> {
     /// An engine on `dev` holding `fused`'s training state (parameters, target, φ's u, Adam, step).
-    pub fn from_fused(fused: &FusedEngine, mut dev: B) -> Result<DeviceEngine<B>> {
+    pub fn from_fused(fused: &FusedEngine, dev: B) -> Result<DeviceEngine<B>> {
+        Self::replica(fused, dev, 0..fused.config.train.batch_size, None)
+    }
+
+    /// One replica of a group: it computes batch rows `rows` and sums its gradients (and loss)
+    /// with the others' through `collective` before every optimiser step.
+    pub fn replica(
+        fused: &FusedEngine,
+        mut dev: B,
+        rows: Range<usize>,
+        collective: Option<DeviceCollective>,
+    ) -> Result<DeviceEngine<B>> {
         let config = fused.config.clone();
         if let Some(why) = unsupported(&config) {
             anyhow::bail!("the GPU engine does not cover {why}; train this config on the CPU (omit --gpus)");
         }
         let m = &config.model;
-        let (b, o, i, zd, s, h) =
-            (config.train.batch_size, m.num_outer, m.num_inner, m.latent_dims, fused.state_dim, m.horizon);
+        assert!(rows.end <= config.train.batch_size && !rows.is_empty(), "replica rows {rows:?}");
+        let (b, o, i, zd, s, h) = (rows.len(), m.num_outer, m.num_inner, m.latent_dims, fused.state_dim, m.horizon);
         let gs = fused.gen_shape.clone();
         let ps = fused.phi_shape.clone();
         let e = ps.embedding;
@@ -332,6 +353,8 @@ impl<B: Backend> DeviceEngine<B> {
             loss_partial: d.alloc_f64(b.div_ceil(BLOCK_ROWS))?,
             loss_total: d.alloc_f64(1)?,
             dev,
+            rows,
+            collective,
             config,
         };
         engine.load_from(fused)?;
@@ -403,27 +426,46 @@ impl<B: Backend> DeviceEngine<B> {
     /// One iteration: D step, G step, Polyak, as `FusedEngine::iteration`. A non-finite loss
     /// stops before any parameter changes in that step.
     pub fn iteration(&mut self, mut data: impl WindowSource) -> Result<IterationLosses, TrainError> {
+        let mut batch = std::mem::take(&mut self.batch);
+        let result = (|| {
+            self.draw(&mut data, Phase::Discriminator, &mut batch)?;
+            let d = self.phase(&batch, Phase::Discriminator)?;
+            self.draw(&mut data, Phase::Generator, &mut batch)?;
+            let g = self.phase(&batch, Phase::Generator)?;
+            self.finish_iteration()?;
+            Ok(IterationLosses { discriminator: d, generator: g })
+        })();
+        self.batch = batch;
+        result
+    }
+
+    /// Draws the windows of one step of the next iteration (the whole batch) into `batch`.
+    pub fn draw<S: WindowSource>(&self, data: &mut S, phase: Phase, batch: &mut WindowBatch) -> Result<(), TrainError> {
         let iteration = self.step + 1;
-        let device = |source: anyhow::Error| TrainError::Device { iteration, source };
-        let d = self.phase(&mut data, Phase::Discriminator)?;
-        let g = self.phase(&mut data, Phase::Generator)?;
+        let (b, h) = (self.config.train.batch_size, self.config.model.horizon);
+        let mut window_rng = self.draws.windows(iteration, phase);
+        data.next_batch(&mut window_rng, b, h, batch).map_err(|source| TrainError::Data { iteration, source })
+    }
+
+    /// The end of an iteration: Polyak averaging of the target, the step count.
+    pub fn finish_iteration(&mut self) -> Result<(), TrainError> {
+        let iteration = self.step + 1;
         let tau = self.config.train.target_update;
         let (keep, take) = ((1.0 - tau) as f32, tau as f32);
         let (t, g_all) = (self.target.all, self.generator.all);
         self.dev
             .launch(Kernel::PolyakUpdate, t.len, &[u(t.len), f(keep), f(take), t.arg(), g_all.arg()])
-            .map_err(device)?;
+            .map_err(|source| TrainError::Device { iteration, source })?;
         self.step += 1;
-        Ok(IterationLosses { discriminator: d, generator: g })
+        Ok(())
     }
 
-    fn phase(&mut self, data: &mut impl WindowSource, phase: Phase) -> Result<f64, TrainError> {
+    /// One step on `batch` (the windows of the whole batch; this engine takes its rows): the
+    /// forward and backward passes, the sum over replicas, Adam. Returns the step's loss.
+    pub fn phase(&mut self, batch: &WindowBatch, phase: Phase) -> Result<f64, TrainError> {
         let iteration = self.step + 1;
-        let (b, h) = (self.config.train.batch_size, self.config.model.horizon);
-        let mut window_rng = self.draws.windows(iteration, phase);
-        data.next_batch(&mut window_rng, b, h, &mut self.batch)
-            .map_err(|source| TrainError::Data { iteration, source })?;
-        let loss = self.forward(phase, iteration).map_err(|source| TrainError::Device { iteration, source })?;
+        let loss =
+            self.forward(batch, phase, iteration).map_err(|source| TrainError::Device { iteration, source })?;
         if !loss.is_finite() {
             let name = if phase == Phase::Discriminator { "discriminator" } else { "generator" };
             return Err(TrainError::NonFinite { iteration, phase: name, value: loss });
@@ -438,24 +480,27 @@ impl<B: Backend> DeviceEngine<B> {
 
     /// The draws, the forward pass, the loss and its gradient with respect to the embeddings, and
     /// the backward pass into the step's gradients. Returns the step's loss.
-    fn forward(&mut self, phase: Phase, iteration: u64) -> Result<f64> {
+    fn forward(&mut self, batch: &WindowBatch, phase: Phase, iteration: u64) -> Result<f64> {
         let m = &self.config.model;
-        let (b, o, i, zd, s, h) =
-            (self.config.train.batch_size, m.num_outer, m.num_inner, m.latent_dims, self.state_dim, m.horizon);
+        let rows = self.rows.clone();
+        let batch_size = self.config.train.batch_size;
+        let (b, o, i, zd, s, h) = (rows.len(), m.num_outer, m.num_inner, m.latent_dims, self.state_dim, m.horizon);
         let bootstrap = m.bootstrap;
         let n = b * o * i;
         self.spectral_norm(phase)?;
         let dev = &mut self.dev;
         // Inputs: the windows, the latents (drawn [B][O][I][Z], laid out atom-major) and horizons.
-        dev.upload_f32(self.obs, &self.batch.observations).context("uploading the windows")?;
-        dev.upload_u8(self.types, &self.batch.step_types)?;
+        let h1 = h + 1;
+        let obs = &batch.observations[rows.start * h1 * s..rows.end * h1 * s];
+        let types = &batch.step_types[rows.start * h1..rows.end * h1];
+        dev.upload_f32(self.obs, obs).context("uploading the windows")?;
+        dev.upload_u8(self.types, types)?;
         for (purpose, dst) in [(Purpose::Online, self.z), (Purpose::Bootstrap, self.z_boot)] {
-            draw_latents(&self.draws, iteration, phase, purpose, o * i * zd, &mut self.host_z);
+            draw_latents(&self.draws, iteration, phase, purpose, rows.start, o * i * zd, &mut self.host_z);
             dev.upload_f32(self.z_rows, &self.host_z)?;
             dev.launch(Kernel::SwapAxes, n * zd, &[u(b), u(o), u(i * zd), self.z_rows.arg(), dst.arg()])?;
         }
-        let types = &self.batch.step_types;
-        self.draws.horizons(iteration, phase, &self.sampler, 0..b, types, o * i, &mut self.host_horizons);
+        self.draws.horizons(iteration, phase, &self.sampler, rows, types, o * i, &mut self.host_horizons);
         dev.upload_u32(self.horizons, &self.host_horizons)?;
         dev.launch(Kernel::WindowEnds, b * s, &[u(b), u(h + 1), u(s), self.obs.arg(), self.s0.arg(), self.sh.arg()])?;
         // The Bellman target Y [B][O][I][S], and X from the online generator.
@@ -473,7 +518,7 @@ impl<B: Backend> DeviceEngine<B> {
         phi_forward(dev, &self.phi_shape, &wx, &self.phi.biases, self.x, n, &self.phi_x, self.xe)?;
         phi_forward(dev, &self.phi_shape, &wy, &self.phi.biases, self.y, n, &self.phi_y, self.ye)?;
         // The loss of every row and its gradient (the D step ascends: scale −1/B).
-        let scale = if phase == Phase::Discriminator { -1.0 / b as f32 } else { 1.0 / b as f32 };
+        let scale = if phase == Phase::Discriminator { -1.0 / batch_size as f32 } else { 1.0 / batch_size as f32 };
         let sides = if phase == Phase::Discriminator { 2 } else { 1 };
         let (xe, ye) = (self.xe.arg(), self.ye.arg());
         dev.launch(Kernel::DeltaPairSums, b * 3 * o * o, &[u(b), u(o), u(i), xe, ye, self.sums.arg()])?;
@@ -484,11 +529,9 @@ impl<B: Backend> DeviceEngine<B> {
         dev.launch(Kernel::DeltaPull, b * sides * o * i, &pull)?;
         let sum = [u(b), u(BLOCK_ROWS), self.row_loss.arg(), self.loss_partial.arg(), self.loss_total.arg()];
         dev.launch(Kernel::SumRowLosses, 1, &sum)?;
-        let total = dev.download_f64(self.loss_total)?[0];
-        let loss = total / b as f64;
-        if !loss.is_finite() {
-            return Ok(loss);
-        }
+        let mut total = dev.download_f64(self.loss_total)?[0];
+        // The backward pass runs whatever the loss: every replica must reach the all-reduce, and
+        // a non-finite sum stops the step before Adam on all of them alike.
         match phase {
             Phase::Discriminator => {
                 for call in 0..2 {
@@ -501,6 +544,22 @@ impl<B: Backend> DeviceEngine<B> {
                 let [gx_w, gy_w] = &self.phi_gwbar;
                 phi_backward(dev, &self.phi_shape, &wx, self.x, n, &self.phi_x, self.gxe, Some((gx_w, gb)), None)?;
                 phi_backward(dev, &self.phi_shape, &wy, self.y, n, &self.phi_y, self.gye, Some((gy_w, gb)), None)?;
+                // ∂L/∂W from the ∂L/∂W̄ of both calls, through each call's σ (linear in the
+                // gradient, so replicas may sum after it).
+                for k in 0..layers {
+                    let (din, dout) = self.phi_shape.dims(k);
+                    for call in 0..2 {
+                        let sp = &self.spectral[call][k];
+                        let g = self.phi_gwbar[call][k];
+                        let dots = [u(din), u(dout), g.arg(), sp.w_bar.arg(), self.dot_partial.arg()];
+                        dev.launch(Kernel::RowDots, din, &dots)?;
+                        dev.launch(Kernel::SumVector, 1, &[u(din), self.dot_partial.arg(), self.dot.arg()])?;
+                        let out = self.phi_grad.weights[k];
+                        let (v, un, sg) = (sp.v.arg(), sp.u_new.arg(), sp.sigma.arg());
+                        let args = [u(din), u(dout), g.arg(), v, un, sg, self.dot.arg(), out.arg()];
+                        dev.launch(Kernel::SigmaBackward, din * dout, &args)?;
+                    }
+                }
             }
             Phase::Generator => {
                 let gx = Some(self.gx_rows);
@@ -522,7 +581,19 @@ impl<B: Backend> DeviceEngine<B> {
                 )?;
             }
         }
-        Ok(loss)
+        if let Some(c) = &self.collective {
+            // Sum the gradients and the loss over the replicas (the loss as two f32, its value
+            // and the rest, as the CPU engine's collective carries it).
+            let grad = if phase == Phase::Discriminator { &self.phi_grad } else { &self.gen_grad };
+            let hi = total as f32;
+            dev.upload_f32(grad.tail, &[hi, (total - f64::from(hi)) as f32])?;
+            dev.synchronize()?;
+            let mut slice = DeviceSlice { ptr: dev.address(grad.packed.addr()), len: grad.packed.len };
+            c.all_reduce_sum(&mut slice).context("summing gradients across replicas")?;
+            let t = dev.download_f32(grad.tail)?;
+            total = f64::from(t[0]) + f64::from(t[1]);
+        }
+        Ok(total / batch_size as f64)
     }
 
     /// The power iterations of this step: the D step chains lhs (u → u₁) and rhs (u₁ → u₂); the G
@@ -540,22 +611,9 @@ impl<B: Backend> DeviceEngine<B> {
         Ok(())
     }
 
-    /// ∂L/∂W through each call's σ, Adam on φ, and the chained u₂ kept.
+    /// Adam on φ, and the chained u₂ kept.
     fn apply_discriminator(&mut self) -> Result<()> {
         let dev = &mut self.dev;
-        for k in 0..self.phi_shape.layers() {
-            let (din, dout) = self.phi_shape.dims(k);
-            for call in 0..2 {
-                let sp = &self.spectral[call][k];
-                let g = self.phi_gwbar[call][k];
-                dev.launch(Kernel::RowDots, din, &[u(din), u(dout), g.arg(), sp.w_bar.arg(), self.dot_partial.arg()])?;
-                dev.launch(Kernel::SumVector, 1, &[u(din), self.dot_partial.arg(), self.dot.arg()])?;
-                let out = self.phi_grad.weights[k];
-                let args =
-                    [u(din), u(dout), g.arg(), sp.v.arg(), sp.u_new.arg(), sp.sigma.arg(), self.dot.arg(), out.arg()];
-                dev.launch(Kernel::SigmaBackward, din * dout, &args)?;
-            }
-        }
         self.adam_phi_time += 1;
         adam(dev, &self.adam, self.adam_phi_time, &self.phi, &self.phi_grad, &self.phi_m1, &self.phi_m2)?;
         for k in 0..self.phi_shape.layers() {
@@ -574,13 +632,21 @@ impl<B: Backend> DeviceEngine<B> {
 /// The latents of every batch row (`out` holds `per_row` per row), the rows spread over the
 /// machine's cores: a row's values depend only on its own counter-based stream, so this is
 /// `Draws::latents` over the whole batch, at the Pendulum sizes millions of normals a step.
-fn draw_latents(draws: &Draws, iteration: u64, phase: Phase, purpose: Purpose, per_row: usize, out: &mut [f32]) {
+fn draw_latents(
+    draws: &Draws,
+    iteration: u64,
+    phase: Phase,
+    purpose: Purpose,
+    first_row: usize,
+    per_row: usize,
+    out: &mut [f32],
+) {
     let rows = out.len() / per_row.max(1);
     let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(rows.max(1));
     let chunk = rows.div_ceil(threads.max(1)).max(1);
     std::thread::scope(|scope| {
         for (k, part) in out.chunks_mut(chunk * per_row.max(1)).enumerate() {
-            let start = k * chunk;
+            let start = first_row + k * chunk;
             let n = part.len() / per_row.max(1);
             scope.spawn(move || draws.latents(iteration, phase, purpose, start..start + n, per_row, part));
         }

@@ -238,3 +238,54 @@ fn gpu_full_configs_match_the_fused_engine() {
         eprintln!("{file}: GPU matches the CPU engine (D {} / G {})", ld.discriminator, ld.generator);
     }
 }
+
+/// Two and three replicas (host backends with the thread collective) train what one does: the
+/// same losses over ten iterations to 1e-4, and parameters within Adam's 2·lr per iteration (the
+/// sums over the batch are split differently, so they round differently), every replica equal.
+#[test]
+fn replicas_train_what_one_engine_does() {
+    use super::host_backend::HostMemoryCollective;
+    use super::replicas::DeviceReplicas;
+    use crate::fused::collective::ThreadCollective;
+    let dim = 3;
+    let extra = ["train.batch_size=8"];
+    let (cfg, doc) = config(&extra);
+    let kernels = ModelKernels::for_config(&cfg, dim).unwrap();
+    let Some(first) = HostBackend::new(&kernels) else { return };
+    let fused = FusedEngine::new(cfg.clone(), doc.clone(), dim).unwrap();
+    let data = walk(dim);
+    let mut one = DeviceReplicas::new(&fused, vec![first], Vec::new()).unwrap();
+    let iterations = 10;
+    let losses: Vec<_> = (0..iterations).map(|_| one.iteration(&data).unwrap()).collect();
+    let final_state = |r: &DeviceReplicas<HostBackend>, k: usize| {
+        let mut back = FusedEngine::new(cfg.clone(), doc.clone(), dim).unwrap();
+        r.replica(k).store_into(&mut back).unwrap();
+        back.to_arrays()
+    };
+    let want = final_state(&one, 0);
+    let lr = cfg.train.learning_rate as f32;
+    for size in [2usize, 3] {
+        let backends = (0..size).map(|_| HostBackend::new(&kernels).unwrap()).collect();
+        let collectives = ThreadCollective::group(size)
+            .into_iter()
+            .map(|c| Box::new(HostMemoryCollective(c)) as super::backend::DeviceCollective)
+            .collect();
+        let mut many = DeviceReplicas::new(&fused, backends, collectives).unwrap();
+        for (it, l1) in losses.iter().enumerate() {
+            let l = many.iteration(&data).unwrap();
+            for (what, a, b) in [("D", l.discriminator, l1.discriminator), ("G", l.generator, l1.generator)] {
+                assert!((a - b).abs() <= 1e-4 * b.abs().max(1e-3), "{size} replicas, iteration {it} {what}: {a} vs {b}");
+            }
+        }
+        assert_eq!(many.step(), iterations as u64);
+        let first = final_state(&many, 0);
+        for k in 1..size {
+            assert_eq!(final_state(&many, k), first, "replica {k} of {size} differs from replica 0");
+        }
+        for (got, want) in first.iter().zip(&want) {
+            if !got.name.contains("adam") {
+                assert_close(&format!("{size} replicas: {}", got.name), &got.data, &want.data, 2.0 * lr * iterations as f32);
+            }
+        }
+    }
+}

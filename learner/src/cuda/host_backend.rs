@@ -92,6 +92,14 @@ impl HostBackend {
 }
 
 impl Backend for HostBackend {
+    fn address(&mut self, a: Addr) -> u64 {
+        self.ptr(a, 0) as u64
+    }
+
+    fn synchronize(&mut self) -> Result<()> {
+        Ok(())
+    }
+
     fn alloc(&mut self, bytes: usize) -> Result<BufId> {
         self.bufs.push(HostBuf { words: vec![0; bytes.div_ceil(8)], bytes });
         Ok(BufId(self.bufs.len() - 1))
@@ -168,6 +176,32 @@ impl Backend for HostBackend {
                 (true, true) => anyhow::bail!("no product needs both operands transposed"),
             }
         }
+        Ok(())
+    }
+}
+
+/// A [`DeviceCollective`](super::backend::DeviceCollective) over host backends of one process:
+/// the thread collective of the CPU replicas, on the backends' memory.
+pub struct HostMemoryCollective(pub crate::fused::collective::ThreadCollective);
+
+impl crate::fused::collective::Collective for HostMemoryCollective {
+    type Buffer = super::backend::DeviceSlice;
+
+    fn rank(&self) -> usize {
+        self.0.rank()
+    }
+
+    fn size(&self) -> usize {
+        self.0.size()
+    }
+
+    fn all_reduce_sum(&self, buf: &mut Self::Buffer) -> Result<()> {
+        // SAFETY: `buf` is `len` f32 of a live host backend allocation (DeviceEngine passes its
+        // own packed gradient buffer), not touched by anyone else during the call.
+        let data = unsafe { std::slice::from_raw_parts_mut(buf.ptr as *mut f32, buf.len) };
+        let mut v = data.to_vec();
+        self.0.all_reduce_sum(&mut v)?;
+        data.copy_from_slice(&v);
         Ok(())
     }
 }

@@ -15,6 +15,7 @@ pub mod driver;
 pub mod engine;
 pub mod gpus;
 pub mod nvrtc;
+pub mod replicas;
 pub mod source;
 
 #[cfg(test)]
