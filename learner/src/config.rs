@@ -204,8 +204,8 @@ pub struct TrainConfig {
     /// two, see `fused::replicas`).
     pub replicas: usize,
     /// The GPUs to train on (`learner --gpus`): `""` for the CPU (the default), indices such as
-    /// `"0"`, or `"all"`. The GPU engine is the fused engine's iteration on the device
-    /// (`cuda::engine`); it trains one GPU for now. Exclusive with `replicas > 1`.
+    /// `"0"` or `"0,1"`, or `"all"`. The GPU engine is the fused engine's iteration on each device
+    /// (`cuda::engine`), one replica per GPU (`cuda::replicas`). Exclusive with `replicas > 1`.
     pub gpus: String,
 }
 

@@ -13,9 +13,12 @@ use clap::Parser;
 
 use common::config::ConfigDoc;
 use learner::config::LearnerConfig;
+use learner::cuda::backend::{Backend, BackendExt, DeviceSlice};
 use learner::cuda::driver::{driver_present, CudaBackend};
 use learner::cuda::engine::DeviceEngine;
+use learner::cuda::nccl::{nccl_present, NcclCollective};
 use learner::cuda::source::ModelKernels;
+use learner::fused::collective::Collective;
 use learner::fused::engine::{matmul_flops, FusedEngine};
 use learner::train::dataset::OfflineDataset;
 
@@ -110,6 +113,8 @@ fn bench(cli: Cli) -> Result<()> {
         _ => None,
     };
     let mut device_name = String::new();
+    let mut pendulum_ms = f64::NAN;
+    let mut gradient_floats = (0usize, 0usize);
     println!("| config | B | GPU ms/it | it/s | JAX ms/it (H100) | × JAX | GEMM TFLOP/s | pair evals/s |");
     println!("|---|---|---|---|---|---|---|---|");
     for (name, file, dim, own) in [("thesis", &thesis, 50usize, 32usize), ("Pendulum", &pendulum, 3, 64)] {
@@ -124,6 +129,14 @@ fn bench(cli: Cli) -> Result<()> {
             let data = walk(dim);
             let s = time(|| engine.iteration(&data).map(|_| ()).map_err(anyhow::Error::from), seconds)?;
             let ms = s * 1e3;
+            if name == "Pendulum" && b == own {
+                pendulum_ms = ms;
+                let count = |p: &[Vec<f32>], q: &[Vec<f32>]| p.iter().chain(q).map(Vec::len).sum::<usize>();
+                gradient_floats = (
+                    count(&host.generator.weights, &host.generator.biases),
+                    count(&host.phi.weights, &host.phi.biases),
+                );
+            }
             let (base, ratio) = match jax(name, b) {
                 Some((lo, hi)) => (format!("{lo:.0}–{hi:.0}"), format!("{:.1}–{:.1}×", lo / ms, hi / ms)),
                 None => ("—".into(), "—".into()),
@@ -132,6 +145,39 @@ fn bench(cli: Cli) -> Result<()> {
             let evals = pair_evaluations(&cfg) / s;
             println!("| {name} | {b} | {ms:.2} | {:.1} | {base} | {ratio} | {tflops:.1} | {evals:.3e} |", 1.0 / s);
         }
+    }
+    // A one-rank NCCL all-reduce of the Pendulum generator's gradient (what a one-GPU machine can
+    // measure), and the 2- and 8-GPU iteration times computed from it and NVLink's bandwidth.
+    if nccl_present() {
+        let (gen, phi) = gradient_floats;
+        let kernels = ModelKernels::for_config(&config(&pendulum, 64)?.0, 3).context("kernels")?;
+        let mut dev = CudaBackend::new(cli.gpu, &kernels)?;
+        let v = dev.alloc_f32(gen)?;
+        let group = NcclCollective::group(&[&dev])?;
+        let mut slice = DeviceSlice { ptr: dev.address(v.addr()), len: v.len };
+        let s = time(
+            || {
+                group[0].all_reduce_sum(&mut slice)?;
+                dev.synchronize()
+            },
+            1.0,
+        )?;
+        let mb = (gen * 4) as f64 / 1e6;
+        println!(
+            "\nOne-rank NCCL all-reduce of the Pendulum generator gradient ({mb:.1} MB): {:.1} µs (measured).",
+            s * 1e6
+        );
+        // Computed, not measured: a ring all-reduce moves 2(N−1)/N of the buffer per GPU; NVLink
+        // moves 27 MB in about 75 µs at N = 2 (the figure).
+        let per_byte_us = 75.0 / 27e6;
+        for n in [2usize, 8] {
+            let ring = 2.0 * (n - 1) as f64 / n as f64;
+            let ar_us = per_byte_us * ((gen + phi) * 4) as f64 * ring;
+            let ms = pendulum_ms / n as f64 + ar_us / 1e3;
+            println!("Pendulum B 64 on {n} GPUs (computed, not measured): {ms:.2} ms/it ({:.1} ms/it compute + {ar_us:.0} µs all-reduce per iteration)", pendulum_ms / n as f64);
+        }
+    } else {
+        println!("\nNCCL (libnccl) is not on the library path: no all-reduce measured.");
     }
     // The CPU fused engine in the same run (thesis config, B 32, every core).
     let (cfg, doc) = config(&thesis, 32)?;

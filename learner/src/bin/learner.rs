@@ -65,10 +65,11 @@ struct Cli {
     /// model is the same for any N (bit for bit for powers of two).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     replicas: Option<u64>,
-    /// Train on the GPU with this index (overrides train.gpus): the fused engine's iteration on
-    /// the device, with the CPU engine's draws and checkpoints, so a run resumes on either.
-    /// Needs a CUDA driver, NVRTC (libnvrtc) and cuBLAS (libcublas) on the library path. Takes
-    /// one GPU for now (a list or "all" that names more is refused until the all-reduce is built).
+    /// Train on these GPUs (overrides train.gpus): `0`, `0,1` or `all`. The fused engine's
+    /// iteration on each device, one replica per GPU with its share of the batch rows and the
+    /// gradients summed by NCCL, with the CPU engine's draws and checkpoints, so a run resumes on
+    /// either. Needs a CUDA driver, NVRTC (libnvrtc), cuBLAS (libcublas) and, for several GPUs,
+    /// NCCL (libnccl) on the library path.
     #[arg(long, value_name = "LIST", conflicts_with = "replicas")]
     gpus: Option<String>,
     /// Override one config value, e.g. `--set model.num_outer=1`. Repeatable.

@@ -93,6 +93,15 @@ impl CudaBackend {
         Ok(CudaBackend { ordinal, name, ctx, stream, functions, blas, bufs: Vec::new() })
     }
 
+    pub fn ordinal(&self) -> usize {
+        self.ordinal
+    }
+
+    /// The stream every call of this backend is queued on (for NCCL).
+    pub fn cu_stream(&self) -> sys::CUstream {
+        self.stream.cu_stream()
+    }
+
     /// "GPU 0 (NVIDIA H100 80GB HBM3)".
     pub fn describe(&self) -> String {
         format!("GPU {} ({})", self.ordinal, self.name)

@@ -464,8 +464,7 @@ impl<B: Backend> DeviceEngine<B> {
     /// forward and backward passes, the sum over replicas, Adam. Returns the step's loss.
     pub fn phase(&mut self, batch: &WindowBatch, phase: Phase) -> Result<f64, TrainError> {
         let iteration = self.step + 1;
-        let loss =
-            self.forward(batch, phase, iteration).map_err(|source| TrainError::Device { iteration, source })?;
+        let loss = self.forward(batch, phase, iteration).map_err(|source| TrainError::Device { iteration, source })?;
         if !loss.is_finite() {
             let name = if phase == Phase::Discriminator { "discriminator" } else { "generator" };
             return Err(TrainError::NonFinite { iteration, phase: name, value: loss });

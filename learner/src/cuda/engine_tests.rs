@@ -245,19 +245,34 @@ fn gpu_full_configs_match_the_fused_engine() {
 #[test]
 fn replicas_train_what_one_engine_does() {
     use super::host_backend::HostMemoryCollective;
+    replicas_train_what_one_does(host, |c| Box::new(HostMemoryCollective(c)));
+}
+
+/// The same with two and three replicas on GPU 0 (NCCL refuses several ranks on one device, so
+/// they sum through the host) .
+#[test]
+fn gpu_replicas_on_one_gpu_train_what_one_does() {
+    use super::nccl::StagedCollective;
+    replicas_train_what_one_does(gpu, |c| Box::new(StagedCollective(c)));
+}
+
+fn replicas_train_what_one_does<B: Backend + Send>(
+    make: MakeBackend<B>,
+    collective: fn(crate::fused::collective::ThreadCollective) -> super::backend::DeviceCollective,
+) {
     use super::replicas::DeviceReplicas;
     use crate::fused::collective::ThreadCollective;
     let dim = 3;
     let extra = ["train.batch_size=8"];
     let (cfg, doc) = config(&extra);
     let kernels = ModelKernels::for_config(&cfg, dim).unwrap();
-    let Some(first) = HostBackend::new(&kernels) else { return };
+    let Some(first) = make(&kernels) else { return };
     let fused = FusedEngine::new(cfg.clone(), doc.clone(), dim).unwrap();
     let data = walk(dim);
     let mut one = DeviceReplicas::new(&fused, vec![first], Vec::new()).unwrap();
     let iterations = 10;
     let losses: Vec<_> = (0..iterations).map(|_| one.iteration(&data).unwrap()).collect();
-    let final_state = |r: &DeviceReplicas<HostBackend>, k: usize| {
+    let final_state = |r: &DeviceReplicas<B>, k: usize| {
         let mut back = FusedEngine::new(cfg.clone(), doc.clone(), dim).unwrap();
         r.replica(k).store_into(&mut back).unwrap();
         back.to_arrays()
@@ -265,16 +280,16 @@ fn replicas_train_what_one_engine_does() {
     let want = final_state(&one, 0);
     let lr = cfg.train.learning_rate as f32;
     for size in [2usize, 3] {
-        let backends = (0..size).map(|_| HostBackend::new(&kernels).unwrap()).collect();
-        let collectives = ThreadCollective::group(size)
-            .into_iter()
-            .map(|c| Box::new(HostMemoryCollective(c)) as super::backend::DeviceCollective)
-            .collect();
+        let backends = (0..size).map(|_| make(&kernels).unwrap()).collect();
+        let collectives = ThreadCollective::group(size).into_iter().map(collective).collect();
         let mut many = DeviceReplicas::new(&fused, backends, collectives).unwrap();
         for (it, l1) in losses.iter().enumerate() {
             let l = many.iteration(&data).unwrap();
             for (what, a, b) in [("D", l.discriminator, l1.discriminator), ("G", l.generator, l1.generator)] {
-                assert!((a - b).abs() <= 1e-4 * b.abs().max(1e-3), "{size} replicas, iteration {it} {what}: {a} vs {b}");
+                assert!(
+                    (a - b).abs() <= 1e-4 * b.abs().max(1e-3),
+                    "{size} replicas, iteration {it} {what}: {a} vs {b}"
+                );
             }
         }
         assert_eq!(many.step(), iterations as u64);
@@ -284,8 +299,32 @@ fn replicas_train_what_one_engine_does() {
         }
         for (got, want) in first.iter().zip(&want) {
             if !got.name.contains("adam") {
-                assert_close(&format!("{size} replicas: {}", got.name), &got.data, &want.data, 2.0 * lr * iterations as f32);
+                assert_close(
+                    &format!("{size} replicas: {}", got.name),
+                    &got.data,
+                    &want.data,
+                    2.0 * lr * iterations as f32,
+                );
             }
         }
     }
+}
+
+/// A one-rank NCCL all-reduce leaves the buffer as it was (NCCL refuses two ranks on one device,
+/// so this is what a one-GPU machine can check of the multi-GPU path).
+#[test]
+fn gpu_one_rank_nccl_all_reduce() {
+    use super::backend::{BackendExt, DeviceSlice};
+    use super::nccl::{nccl_present, NcclCollective};
+    use crate::fused::collective::Collective;
+    let (cfg, _) = config(&[]);
+    let Some(mut dev) = gpu(&ModelKernels::for_config(&cfg, 3).unwrap()) else { return };
+    assert!(nccl_present(), "no libnccl on this GPU machine's library path");
+    let data: Vec<f32> = (0..4096).map(|k| k as f32 * 0.5 - 7.0).collect();
+    let v = dev.alloc_f32(data.len()).unwrap();
+    dev.upload_f32(v, &data).unwrap();
+    let group = NcclCollective::group(&[&dev]).unwrap();
+    let mut slice = DeviceSlice { ptr: dev.address(v.addr()), len: v.len };
+    group[0].all_reduce_sum(&mut slice).unwrap();
+    assert_eq!(dev.download_f32(v).unwrap(), data);
 }

@@ -14,6 +14,7 @@ pub mod backend;
 pub mod driver;
 pub mod engine;
 pub mod gpus;
+pub mod nccl;
 pub mod nvrtc;
 pub mod replicas;
 pub mod source;

@@ -17,8 +17,10 @@ use burn::tensor::backend::AutodiffBackend;
 use common::config::ConfigDoc;
 
 use crate::config::LearnerConfig;
+use crate::cuda::backend::DeviceCollective;
 use crate::cuda::driver::CudaBackend;
-use crate::cuda::engine::DeviceEngine;
+use crate::cuda::nccl::NcclCollective;
+use crate::cuda::replicas::DeviceReplicas;
 use crate::cuda::source::ModelKernels;
 use crate::fused::engine::{unsupported, FusedEngine};
 use crate::fused::replicas::Replicas;
@@ -32,11 +34,11 @@ pub enum Engine<B: AutodiffBackend> {
     Burn(Box<Trainer<B>>),
 }
 
-/// A run on one GPU: the device engine, and a one-thread fused engine of the same model that
-/// holds the state on the host for checkpoints (written and read in format v2 as the CPU engine's,
-/// so a GPU run resumes on the CPU and the reverse).
+/// A run on GPUs: a device engine per GPU (their gradients summed by NCCL), and a one-thread
+/// fused engine of the same model that holds the state on the host for checkpoints (written and
+/// read in format v2 as the CPU engine's, so a GPU run resumes on the CPU and the reverse).
 pub struct GpuRun {
-    device: DeviceEngine<CudaBackend>,
+    device: DeviceReplicas<CudaBackend>,
     host: FusedEngine,
     describe: String,
 }
@@ -48,11 +50,28 @@ impl GpuRun {
             bail!("--gpus {spec}: the GPU engine does not cover {why}; omit --gpus to train on the CPU");
         }
         let gpus = crate::cuda::gpus::select(&spec)?;
+        if gpus.len() > config.train.batch_size {
+            bail!(
+                "--gpus {spec}: {} GPUs for a batch of {} rows; every GPU needs a row",
+                gpus.len(),
+                config.train.batch_size
+            );
+        }
         let kernels = ModelKernels::for_config(&config, state_dim).expect("checked by `unsupported`");
         let host = FusedEngine::replica(config, doc, state_dim, 1, None)?;
-        let backend = CudaBackend::new(gpus[0], &kernels)?;
-        let describe = format!("GPU engine on {}", backend.describe());
-        let device = DeviceEngine::from_fused(&host, backend)?;
+        let backends = gpus.iter().map(|&g| CudaBackend::new(g, &kernels)).collect::<Result<Vec<_>>>()?;
+        let names: Vec<String> = backends.iter().map(CudaBackend::describe).collect();
+        let collectives: Vec<DeviceCollective> = if backends.len() > 1 {
+            let refs: Vec<&CudaBackend> = backends.iter().collect();
+            NcclCollective::group(&refs)?.into_iter().map(|c| Box::new(c) as DeviceCollective).collect()
+        } else {
+            Vec::new()
+        };
+        let describe = match names.len() {
+            1 => format!("GPU engine on {}", names[0]),
+            n => format!("GPU engine, {n} replicas on {}", names.join(", ")),
+        };
+        let device = DeviceReplicas::new(&host, backends, collectives)?;
         Ok(GpuRun { device, host, describe })
     }
 }
@@ -119,14 +138,15 @@ impl<B: AutodiffBackend> Engine<B> {
     pub fn replicas(&self) -> usize {
         match self {
             Engine::Fused(f) => f.replicas(),
-            Engine::Gpu(_) | Engine::Burn(_) => 1,
+            Engine::Gpu(g) => g.device.replicas(),
+            Engine::Burn(_) => 1,
         }
     }
 
     /// GPUs in use (0 on the CPU).
     pub fn gpus(&self) -> usize {
         match self {
-            Engine::Gpu(_) => 1,
+            Engine::Gpu(g) => g.device.replicas(),
             Engine::Fused(_) | Engine::Burn(_) => 0,
         }
     }
@@ -134,7 +154,7 @@ impl<B: AutodiffBackend> Engine<B> {
     pub fn config(&self) -> &LearnerConfig {
         match self {
             Engine::Fused(f) => f.config(),
-            Engine::Gpu(g) => &g.device.config,
+            Engine::Gpu(g) => &g.host.config,
             Engine::Burn(t) => &t.config,
         }
     }
@@ -143,7 +163,7 @@ impl<B: AutodiffBackend> Engine<B> {
     pub fn step(&self) -> u64 {
         match self {
             Engine::Fused(f) => f.step(),
-            Engine::Gpu(g) => g.device.step,
+            Engine::Gpu(g) => g.device.step(),
             Engine::Burn(t) => t.step,
         }
     }
