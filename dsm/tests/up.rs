@@ -182,7 +182,8 @@ fn readme_metrics() -> BTreeSet<String> {
 
 /// Checks one scrape against the naming rule; returns its families.
 fn check_rule(role: &str, scrape: &prom_text::Scrape) -> BTreeSet<String> {
-    const LABELS: [&str; 9] = ["shard", "kind", "key", "engine", "threads", "replicas", "env", "actor_id", "envs"];
+    const LABELS: [&str; 10] =
+        ["shard", "kind", "key", "engine", "threads", "replicas", "gpus", "env", "actor_id", "envs"];
     let mut families = BTreeSet::new();
     for s in &scrape.samples {
         let family = scrape.family_of(&s.name).to_string();

@@ -16,6 +16,7 @@ use super::engine::DeviceEngine;
 use crate::config::LearnerConfig;
 use crate::fused::engine::FusedEngine;
 use crate::fused::pool::Pool;
+use crate::fused::replicas::on_every_replica;
 use crate::train::dataset::{WindowBatch, WindowSource};
 use crate::train::draws::Phase;
 use crate::train::trainer::{IterationLosses, TrainError};
@@ -99,18 +100,7 @@ impl<B: Backend + Send> DeviceReplicas<B> {
     fn phase<S: WindowSource>(&mut self, data: &mut S, phase: Phase) -> Result<f64, TrainError> {
         let mut batch = std::mem::take(&mut self.batch);
         let drawn = self.replica(0).draw(data, phase, &mut batch);
-        let result = drawn.and_then(|()| {
-            let results: Vec<Mutex<Option<Result<f64, TrainError>>>> =
-                self.engines.iter().map(|_| Mutex::new(None)).collect();
-            let (engines, shared) = (&self.engines, &batch);
-            self.pool.run(&|r| {
-                let out = lock(&engines[r]).phase(shared, phase);
-                *lock(&results[r]) = Some(out);
-            });
-            // Every replica saw the same summed loss; replica 0's result (or error) stands for all.
-            let mut results = results.into_iter().map(|m| m.into_inner().unwrap_or_else(|e| e.into_inner()));
-            results.next().flatten().expect("replica 0 ran")
-        });
+        let result = drawn.and_then(|()| on_every_replica(&self.pool, &self.engines, &|e| e.phase(&batch, phase)));
         self.batch = batch;
         result
     }

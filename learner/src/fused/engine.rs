@@ -603,10 +603,8 @@ impl FusedEngine {
 
     /// Draws the windows of one step of the next iteration into `batch`.
     pub fn draw<S: WindowSource>(&self, data: &mut S, phase: Phase, batch: &mut WindowBatch) -> Result<(), TrainError> {
-        let iteration = self.step + 1;
-        let mut window_rng = self.draws.windows(iteration, phase);
         let (b, h) = (self.config.train.batch_size, self.config.model.horizon);
-        data.next_batch(&mut window_rng, b, h, batch).map_err(|source| TrainError::Data { iteration, source })
+        self.draws.fill_windows(data, self.step + 1, phase, b, h, batch)
     }
 
     /// The end of an iteration: Polyak averaging of the target, the step count.

@@ -48,6 +48,23 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Runs one step on every replica, replica r on thread r of `pool`. Every replica sums the same
+/// values through its collective, so replica 0's result (or error) stands for all. Shared by the
+/// CPU replicas and the device ones (`cuda::replicas`).
+pub(crate) fn on_every_replica<E: Send>(
+    pool: &Pool,
+    engines: &[Mutex<E>],
+    step: &(dyn Fn(&mut E) -> Result<f64, TrainError> + Sync),
+) -> Result<f64, TrainError> {
+    let results: Vec<Mutex<Option<Result<f64, TrainError>>>> = engines.iter().map(|_| Mutex::new(None)).collect();
+    pool.run(&|r| {
+        let out = step(&mut lock(&engines[r]));
+        *lock(&results[r]) = Some(out);
+    });
+    let mut results = results.into_iter().map(|m| m.into_inner().unwrap_or_else(|e| e.into_inner()));
+    results.next().flatten().expect("replica 0 ran")
+}
+
 impl Replicas {
     /// `replicas` replicas of a fresh model, with `threads` threads in all (0: every core), split
     /// evenly (at least one each).
@@ -118,18 +135,7 @@ impl Replicas {
     fn phase<S: WindowSource>(&mut self, data: &mut S, phase: Phase) -> Result<f64, TrainError> {
         let mut batch = std::mem::take(&mut self.batch);
         let drawn = self.replica(0).draw(data, phase, &mut batch);
-        let result = drawn.and_then(|()| {
-            let results: Vec<Mutex<Option<Result<f64, TrainError>>>> =
-                self.engines.iter().map(|_| Mutex::new(None)).collect();
-            let (engines, shared) = (&self.engines, &batch);
-            self.pool.run(&|r| {
-                let out = lock(&engines[r]).phase(shared, phase);
-                *lock(&results[r]) = Some(out);
-            });
-            // Every replica saw the same summed loss; replica 0's result (or error) stands for all.
-            let mut results = results.into_iter().map(|m| m.into_inner().unwrap_or_else(|e| e.into_inner()));
-            results.next().flatten().expect("replica 0 ran")
-        });
+        let result = drawn.and_then(|()| on_every_replica(&self.pool, &self.engines, &|e| e.phase(&batch, phase)));
         self.batch = batch;
         result
     }

@@ -21,7 +21,8 @@ use rand_distr::StandardNormal;
 use common::rng::{self, StreamRng};
 
 use crate::loss::target::HorizonSampler;
-use crate::train::dataset::STEP_LAST;
+use crate::train::dataset::{WindowBatch, WindowSource, STEP_LAST};
+use crate::train::trainer::TrainError;
 
 /// The two steps of an iteration; each draws its own batch (dsm-algorithm.md §1.2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,6 +75,22 @@ impl Draws {
     /// The stream an offline dataset draws the windows of one step from (B starts, in row order).
     pub fn windows(&self, iteration: u64, phase: Phase) -> StreamRng {
         rng::stream(self.key, &[iteration.into(), phase.label().into(), "windows".into()])
+    }
+
+    /// The `batch` windows of `horizon + 1` steps of one step of `iteration`, from `data` with the
+    /// step's own stream (what every engine draws before a step).
+    #[allow(clippy::too_many_arguments)]
+    pub fn fill_windows<S: WindowSource>(
+        &self,
+        data: &mut S,
+        iteration: u64,
+        phase: Phase,
+        batch: usize,
+        horizon: usize,
+        out: &mut WindowBatch,
+    ) -> Result<(), TrainError> {
+        let mut window_rng = self.windows(iteration, phase);
+        data.next_batch(&mut window_rng, batch, horizon, out).map_err(|source| TrainError::Data { iteration, source })
     }
 
     fn row(&self, iteration: u64, phase: Phase, purpose: Purpose, row: usize) -> StreamRng {
